@@ -1,0 +1,54 @@
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CHECKPOINT ?= checkpoints/model.pt
+RUN_PACKAGES := dataset-fashion-mnist
+TEST_PACKAGES := dataset-fashion-mnist prometheus
+BENCH_PACKAGES := dataset-fashion-mnist wrk
+
+.PHONY: setup setup-dev run train test lint format bench docker-test clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+## setup: create .venv with the project and the Debian dataset package
+setup: $(VENV)/.installed
+	scripts/ensure-apt.sh $(RUN_PACKAGES)
+
+setup-dev: $(VENV)/.installed-dev
+	scripts/ensure-apt.sh $(TEST_PACKAGES)
+
+$(CHECKPOINT): | setup
+	$(BIN)/convserve-train --output $(CHECKPOINT)
+
+## train: (re)train the default model into $(CHECKPOINT)
+train: setup
+	$(BIN)/convserve-train --output $(CHECKPOINT)
+
+## run: train the default model if missing, then serve it with gunicorn on CONVSERVE_BIND
+run: setup $(CHECKPOINT)
+	CONVSERVE_MODEL_PATH=$(CHECKPOINT) $(BIN)/gunicorn -c python:service.gunicorn_conf 'service:create_app()'
+
+lint: setup-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup-dev
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+## test: lint, type-check and run the whole suite (what CI runs)
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
