@@ -1,4 +1,4 @@
-"""The checkpoint format: one self-describing file, written atomically, loaded with weights_only=True.
+"""The checkpoint format: one self-describing file, written atomically, loaded weights_only.
 
 A checkpoint is a dict of plain types and tensors:
     format_version  int, FORMAT_VERSION
@@ -68,12 +68,20 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> None:
 
     A reader (or a crash) therefore sees either the old file or the complete new one.
     """
+    save_atomic(checkpoint.to_payload(), path)
+
+
+def save_atomic(payload: Any, path: str | Path) -> None:
+    """torch.save of `payload` to `path` via a fsynced temporary file and a rename.
+
+    Used for checkpoints and for the training state that --resume reads.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(checkpoint.to_payload(), handle)
+            torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
@@ -116,7 +124,8 @@ def checkpoint_version(path: str | Path) -> str:
 
 def _validate(source: Path, payload: Any) -> Checkpoint:
     if not isinstance(payload, dict):
-        raise CheckpointError(f"{source}: expected a checkpoint dict, found {type(payload).__name__}")
+        found = type(payload).__name__
+        raise CheckpointError(f"{source}: expected a checkpoint dict, found {found}")
     missing = [key for key in _REQUIRED if key not in payload]
     if missing:
         raise CheckpointError(f"{source}: missing fields {', '.join(missing)}")

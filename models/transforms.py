@@ -1,4 +1,4 @@
-"""THE preprocessing: the one path from a PIL image to a normalized tensor, for training and serving.
+"""THE preprocessing: the one path from a PIL image to a normalized tensor, training and serving.
 
 Its parameters live in the checkpoint, so serving never guesses how training saw the pixels.
 """
@@ -138,7 +138,9 @@ def _high_depth_to_l(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled, mode="L")
 
 
-def compute_mean_std(pixels: Sequence[torch.Tensor] | torch.Tensor) -> tuple[list[float], list[float]]:
+def compute_mean_std(
+    pixels: Sequence[torch.Tensor] | torch.Tensor,
+) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 (N, C, H, W) pixels, in the 0-1 scale."""
     stacked = pixels if isinstance(pixels, torch.Tensor) else torch.stack(list(pixels))
     values = stacked.to(torch.float64).div(255.0).transpose(0, 1).reshape(stacked.shape[1], -1)

@@ -1,0 +1,43 @@
+"""The convserve HTTP service; build it with create_app()."""
+
+from __future__ import annotations
+
+from flask import Flask
+from PIL import Image
+
+from service.config import Settings
+
+
+def create_app(settings: Settings | None = None, *, start_engine: bool = True) -> Flask:
+    """Builds the Flask app: config, logging, error handlers, hooks, routes and the engine.
+
+    The engine loads the model in a background thread (per worker, after gunicorn forks), so
+    the app answers /healthz at once and /readyz turns 200 when the model is warm.
+    """
+    # Imported here, not at module top: gunicorn's master imports this package for its config
+    # and must not pay for torch; each worker imports it when it builds the app.
+    from service.api import api
+    from service.engine import Engine
+    from service.errors import register_error_handlers
+    from service.hooks import init_request_hooks
+    from service.logs import configure_logging
+    from service.openapi import build_openapi
+
+    settings = settings or Settings()
+    configure_logging(settings)
+    # Pillow's own decompression-bomb guard follows our limit (it is process-wide).
+    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    engine = Engine(settings)
+    app.extensions["convserve.settings"] = settings
+    app.extensions["convserve.engine"] = engine
+    app.extensions["convserve.openapi"] = build_openapi(settings)
+    register_error_handlers(app)
+    init_request_hooks(app, settings)
+    app.register_blueprint(api)
+    if start_engine:
+        engine.start()
+    return app

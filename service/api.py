@@ -1,0 +1,187 @@
+"""The HTTP endpoints: parse and validate, then delegate to the Engine."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import torch
+from flask import Blueprint, Response, current_app, g, request
+
+from service import metrics
+from service.config import Settings
+from service.engine import Engine, LoadedModel, NotReady, Overloaded
+from service.errors import Problem
+from service.imaging import decode_image
+from service.uploads import read_uploads
+
+api = Blueprint("api", __name__)
+
+_MAX_TOP_K = 1000
+
+
+def _engine() -> Engine:
+    engine: Engine = current_app.extensions["convserve.engine"]
+    return engine
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.extensions["convserve.settings"]
+    return settings
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    """A UTF-8 JSON response encoded with orjson."""
+    return Response(orjson.dumps(body), status=status, mimetype="application/json")
+
+
+@api.post("/v1/predict")
+def predict() -> Response:
+    """Classifies every uploaded image; see DESIGN.md for the body types and the answer."""
+    settings, engine = _settings(), _engine()
+    top_k = _parse_top_k(request.args.get("top_k"))
+    model = engine.model
+    if model is None:
+        raise Problem(503, "not-ready", "The model is not loaded yet.", {"Retry-After": "1"})
+    with engine.request():
+        files = read_uploads(request, settings)
+        decode_started = time.perf_counter()
+        pixels = torch.stack([_decode(data, model, settings) for data in files])
+        decode_s = time.perf_counter() - decode_started
+        try:
+            pending = engine.submit(model, pixels)
+        except Overloaded as exc:
+            metrics.SHED.inc()
+            raise Problem(
+                503, "overloaded", f"The server is at capacity: {exc}.", {"Retry-After": "1"}
+            ) from exc
+    try:
+        batch = pending.result()
+    except NotReady as exc:
+        raise Problem(503, "overloaded", str(exc), {"Retry-After": "1"}) from exc
+    predictions = [_prediction(row, model.classes, top_k) for row in batch.probabilities]
+    for prediction in predictions:
+        metrics.PREDICTIONS.labels(prediction["label"]).inc()
+    return json_response(
+        {
+            "model": {"name": model.name, "version": model.version},
+            "predictions": predictions,
+            "timing_ms": {
+                "decode": _ms(decode_s),
+                "queue": _ms(batch.queue_s),
+                "inference": _ms(batch.inference_s),
+                "total": _ms(time.perf_counter() - g.started),
+            },
+        }
+    )
+
+
+@api.get("/v1/model")
+def model_info() -> Response:
+    """Everything about the model being served."""
+    model = _engine().model
+    if model is None:
+        raise Problem(503, "not-ready", "The model is not loaded yet.", {"Retry-After": "1"})
+    return json_response(describe_model(model, _settings()))
+
+
+@api.get("/healthz")
+def healthz() -> Response:
+    """200 while the process serves."""
+    return json_response({"status": "ok"})
+
+
+@api.get("/readyz")
+def readyz() -> Response:
+    """200 once the model is loaded and warmed up; 503 with the reason before."""
+    engine = _engine()
+    model = engine.model
+    if model is None:
+        return json_response({"status": "not ready", "detail": engine.load_error}, 503)
+    return json_response({"status": "ready", "model_version": model.version})
+
+
+@api.get("/metrics")
+def metrics_endpoint() -> Response:
+    """Prometheus exposition merged over all gunicorn workers."""
+    body, content_type = metrics.render_metrics()
+    return Response(body, content_type=content_type)
+
+
+@api.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3.1 document generated from the pydantic schemas."""
+    return json_response(current_app.extensions["convserve.openapi"])
+
+
+def describe_model(model: LoadedModel, settings: Settings) -> dict[str, Any]:
+    """The /v1/model document."""
+    checkpoint = model.checkpoint
+    config = checkpoint.config
+    pre = checkpoint.preprocessing
+    return {
+        "name": model.name,
+        "version": model.version,
+        "classes": model.classes,
+        "input": {"channels": config.in_channels, "height": config.height, "width": config.width},
+        "normalization": {
+            "mode": pre.mode,
+            "resample": pre.resample,
+            "background": pre.background,
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+        },
+        "architecture": {
+            "config": config.to_dict(),
+            "layers": [
+                {
+                    "name": layer.name,
+                    "kind": layer.kind,
+                    "output_shape": list(layer.output_shape),
+                    "parameters": layer.parameters,
+                }
+                for layer in model.summary.layers
+            ],
+            "parameters": model.summary.parameters,
+        },
+        "training": checkpoint.training,
+        "precision": settings.precision,
+    }
+
+
+def _decode(data: bytes, model: LoadedModel, settings: Settings) -> torch.Tensor:
+    started = time.perf_counter()
+    pixels = decode_image(data, model.checkpoint.preprocessing, settings.max_image_pixels)
+    metrics.DECODE_DURATION.observe(time.perf_counter() - started)
+    return pixels
+
+
+def _parse_top_k(raw: str | None) -> int:
+    if raw is None:
+        return 5
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= _MAX_TOP_K:
+        raise Problem(
+            400, "bad-top-k", f"top_k must be an integer from 1 to {_MAX_TOP_K}, got {raw!r}."
+        )
+    return value
+
+
+def _prediction(row: list[float], classes: list[str], top_k: int) -> dict[str, Any]:
+    ranked = sorted(range(len(row)), key=row.__getitem__, reverse=True)[:top_k]
+    best = ranked[0]
+    return {
+        "label": classes[best],
+        "index": best,
+        "score": row[best],
+        "top_k": [{"label": classes[i], "index": i, "score": row[i]} for i in ranked],
+        "scores": dict(zip(classes, row, strict=True)),
+    }
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)

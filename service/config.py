@@ -1,0 +1,82 @@
+"""The one Settings object: every knob of the service, read from CONVSERVE_* variables."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (respects taskset/cgroup affinity)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    """Service configuration; the environment variable of each field is CONVSERVE_<FIELD>."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVSERVE_", protected_namespaces=())
+
+    model_path: Path = Field(Path("checkpoints/model.pt"), description="Checkpoint to serve.")
+    bind: str = Field("0.0.0.0:8000", description="gunicorn bind address (host:port).")
+    workers: int = Field(0, ge=0, description="gunicorn worker processes; 0 = one per core.")
+    threads: int = Field(16, ge=1, description="Request threads per worker (gthread).")
+    torch_threads: int = Field(
+        0, ge=0, description="torch intra-op threads per worker; 0 = cores / workers."
+    )
+    max_batch_size: int = Field(
+        32, ge=1, description="Images per forward pass (dynamic batching); 1 turns batching off."
+    )
+    max_batch_delay_ms: float = Field(
+        2.0, ge=0, description="Milliseconds a forward pass waits for more images to batch."
+    )
+    max_queue_images: int = Field(
+        512, ge=1, description="Images queued per worker before requests are shed with 503."
+    )
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Request body limit, bytes.")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Decoded image limit, pixels.")
+    max_images_per_request: int = Field(64, ge=1, description="Images in one request.")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16 autocast on CPUs with AMX/AVX-512-BF16 (opt-in)."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="When set, inference endpoints need 'Authorization: Bearer <key>'."
+    )
+    metrics_need_api_key: bool = Field(False, description="Also protect /metrics with the API key.")
+    log_format: Literal["json", "text"] = Field("json", description="Log line format.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    metrics_dir: Path = Field(
+        Path(tempfile.gettempdir()) / "convserve-metrics",
+        description="prometheus-client multiprocess directory, wiped at server start.",
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds a request may wait for its inference before a 503."
+    )
+    worker_timeout_s: int = Field(60, ge=1, description="gunicorn worker timeout, seconds.")
+    graceful_timeout_s: int = Field(
+        30, ge=1, description="Seconds in-flight requests get to finish on SIGTERM."
+    )
+    reload_interval_s: float = Field(
+        2.0, ge=0, description="Seconds between checks of the checkpoint for a new version; 0: off."
+    )
+
+    @model_validator(mode="after")
+    def _size_to_cpu(self) -> Settings:
+        cores = available_cores()
+        if self.workers == 0:
+            self.workers = cores
+        if self.torch_threads == 0:
+            self.torch_threads = max(1, cores // self.workers)
+        return self
+
+    @property
+    def max_batch_delay_s(self) -> float:
+        """max_batch_delay_ms in seconds."""
+        return self.max_batch_delay_ms / 1000.0

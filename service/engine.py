@@ -1,0 +1,241 @@
+"""The framework-free predictor: loads the checkpoint, warms it up, batches, predicts, reloads.
+
+One Engine lives in each gunicorn worker, created after fork. Loading runs in a background
+thread so /healthz answers at once and /readyz says 503 until the model is warm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.checkpoint import Checkpoint, CheckpointError, checkpoint_version, load_checkpoint
+from models.cnn import ModelSummary
+from service import metrics
+from service.batching import Batcher, BatchResult, Overloaded
+from service.config import Settings
+
+log = logging.getLogger("convserve.engine")
+
+__all__ = [
+    "Engine",
+    "LoadedModel",
+    "NotReady",
+    "Overloaded",
+    "PendingPrediction",
+    "PredictionBatch",
+]
+
+
+class NotReady(Exception):
+    """No model is loaded (yet), or the forward pass did not finish in time."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A checkpoint turned into a ready-to-run module; immutable, swapped whole on reload."""
+
+    checkpoint: Checkpoint
+    module: nn.Module
+    name: str
+    version: str
+    summary: ModelSummary
+    file_signature: tuple[int, int, int]
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in output-index order."""
+        return self.checkpoint.classes
+
+
+@dataclass(frozen=True)
+class PendingPrediction:
+    """Images queued for a forward pass; result() waits for their probabilities."""
+
+    model: LoadedModel
+    futures: list[Future[BatchResult]]
+    timeout_s: float
+
+    def result(self) -> PredictionBatch:
+        """Blocks until every chunk ran; raises NotReady after the request timeout."""
+        try:
+            results = [future.result(timeout=self.timeout_s) for future in self.futures]
+        except FutureTimeout as exc:
+            raise NotReady("the forward pass did not finish within the request timeout") from exc
+        outputs = torch.cat([r.outputs for r in results])
+        return PredictionBatch(
+            model=self.model,
+            probabilities=outputs.tolist(),
+            queue_s=max(r.queue_s for r in results),
+            inference_s=sum(r.inference_s for r in results),
+        )
+
+
+@dataclass(frozen=True)
+class PredictionBatch:
+    """Class probabilities for the images of one request, and the timings that made them."""
+
+    model: LoadedModel
+    probabilities: list[list[float]]
+    queue_s: float
+    inference_s: float
+
+
+class Engine:
+    """Owns the model of one worker process and the batcher that feeds it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._model: LoadedModel | None = None
+        self._load_error: str | None = "the model is loading"
+        self._failed_signature: tuple[int, int, int] | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._batcher: Batcher[LoadedModel] = Batcher(
+            self._forward,
+            settings.max_batch_size,
+            settings.max_batch_delay_s,
+            settings.max_queue_images,
+            on_batch=_record_batch,
+        )
+        self._watcher: threading.Thread | None = None
+
+    @property
+    def model(self) -> LoadedModel | None:
+        """The model serving now, or None before the first successful load."""
+        return self._model
+
+    @property
+    def ready(self) -> bool:
+        """True once a model is loaded and warmed up."""
+        return self._model is not None
+
+    @property
+    def load_error(self) -> str | None:
+        """Why no model serves yet (None once one does)."""
+        return None if self._model is not None else self._load_error
+
+    def start(self) -> None:
+        """Sets the thread budget and starts the batcher and the load/reload thread."""
+        torch.set_num_threads(self.settings.torch_threads)
+        with contextlib.suppress(RuntimeError):  # allowed once per process, before any work
+            torch.set_num_interop_threads(1)
+        self._batcher.start()
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name="model-loader", daemon=True)
+            self._watcher.start()
+
+    def stop(self) -> None:
+        """Finishes queued work and stops the background threads."""
+        self._stop.set()
+        self._batcher.stop()
+
+    def reload(self) -> bool:
+        """Loads the checkpoint when its file changed since the last attempt.
+
+        Returns True when a new model now serves. A checkpoint that fails to load leaves the
+        current model serving; the failure is logged and counted, and not retried until the
+        file changes again.
+        """
+        path = self.settings.model_path
+        with self._lock:
+            try:
+                signature = _file_signature(path)
+            except OSError:
+                self._load_error = f"no checkpoint at {path}"
+                return False
+            current = self._model
+            if signature in (self._failed_signature, current and current.file_signature):
+                return False
+            try:
+                loaded = self._load(path, signature)
+            except (CheckpointError, OSError, RuntimeError) as exc:
+                self._failed_signature = signature
+                self._load_error = str(exc)
+                metrics.RELOADS.labels("failed").inc()
+                log.error("checkpoint rejected, keeping the current model: %s", exc)
+                return False
+            self._model = loaded
+            self._failed_signature = None
+            metrics.RELOADS.labels("loaded").inc()
+            if current is not None:
+                metrics.MODEL_INFO.labels(current.name, current.version).set(0)
+            metrics.MODEL_INFO.labels(loaded.name, loaded.version).set(1)
+            log.info(
+                "serving model %s version %s (%d parameters)",
+                loaded.name,
+                loaded.version,
+                loaded.summary.parameters,
+            )
+            return True
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        """Wraps a request that is about to submit images, so a forming batch waits for it."""
+        with self._batcher.expect():
+            yield
+
+    def submit(self, model: LoadedModel, pixels: torch.Tensor) -> PendingPrediction:
+        """Queues (N, C, H, W) uint8 pixels prepared for `model`; raises Overloaded when full."""
+        futures = self._batcher.submit(model, pixels)
+        return PendingPrediction(model, futures, self.settings.request_timeout_s)
+
+    def _forward(self, model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
+        inputs = model.checkpoint.preprocessing.normalize(pixels)
+        with torch.inference_mode(), self._autocast():
+            logits = model.module(inputs)
+        return torch.softmax(logits.float(), dim=1)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self.settings.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _load(self, path: Path, signature: tuple[int, int, int]) -> LoadedModel:
+        started = time.perf_counter()
+        version = checkpoint_version(path)
+        checkpoint = load_checkpoint(path)
+        module = checkpoint.build_model()
+        name = str(checkpoint.training.get("name") or path.stem)
+        loaded = LoadedModel(checkpoint, module, name, version, module.summary(), signature)
+        self._warm_up(loaded)
+        log.info("loaded %s in %.2fs", path, time.perf_counter() - started)
+        return loaded
+
+    def _warm_up(self, model: LoadedModel) -> None:
+        shape = model.checkpoint.config.input_shape
+        for size in sorted({1, self.settings.max_batch_size}):
+            for _ in range(2):
+                self._forward(model, torch.zeros((size, *shape), dtype=torch.uint8))
+
+    def _watch(self) -> None:
+        interval = self.settings.reload_interval_s
+        while not self._stop.is_set():
+            try:
+                self.reload()
+            except Exception:
+                log.exception("model reload check failed")
+            if interval <= 0 and self._model is not None:
+                return
+            self._stop.wait(interval if interval > 0 else 1.0)
+
+
+def _record_batch(size: int, seconds: float) -> None:
+    metrics.BATCH_SIZE.observe(size)
+    metrics.INFERENCE_DURATION.observe(seconds)
+
+
+def _file_signature(path: Path) -> tuple[int, int, int]:
+    stat = os.stat(path)
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)

@@ -1,0 +1,68 @@
+"""problem+json (RFC 9457) errors: one exception type, one renderer, registered on the app."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+import orjson
+from flask import Flask, Response, g
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger("convserve.errors")
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+_TYPE_BASE = "https://convserve.dev/problems/"
+
+
+class Problem(Exception):
+    """A request that cannot be answered; `kind` names the problem type (a URI slug)."""
+
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        detail: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.kind = kind
+        self.detail = detail
+        self.headers = headers or {}
+
+
+def problem_response(
+    status: int, kind: str, detail: str, headers: dict[str, str] | None = None
+) -> Response:
+    """The problem+json response, carrying the request id when there is one."""
+    body = {
+        "type": _TYPE_BASE + kind,
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "request_id": g.get("request_id", ""),
+    }
+    response = Response(orjson.dumps(body), status=status, content_type=PROBLEM_CONTENT_TYPE)
+    response.headers.update(headers or {})
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Every error leaves as problem+json: ours, werkzeug's (404, 405, 413...) and crashes."""
+
+    @app.errorhandler(Problem)
+    def _problem(exc: Problem) -> Response:
+        return problem_response(exc.status, exc.kind, exc.detail, exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        kind = HTTPStatus(status).phrase.lower().replace(" ", "-")
+        headers = {k: v for k, v in exc.get_headers() if k.lower() in ("allow", "retry-after")}
+        return problem_response(status, kind, exc.description or HTTPStatus(status).phrase, headers)
+
+    @app.errorhandler(Exception)
+    def _crash(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return problem_response(500, "internal-error", "The server failed to answer this request.")

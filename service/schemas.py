@@ -1,0 +1,131 @@
+"""Request and response models; the OpenAPI document is generated from these."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PredictQuery(BaseModel):
+    """Query string of POST /v1/predict."""
+
+    top_k: int = Field(5, ge=1, le=1000, description="Classes listed in top_k, best first.")
+
+
+class PredictJSONRequest(BaseModel):
+    """application/json body of POST /v1/predict: a batch of base64-encoded image files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[str] = Field(
+        ...,
+        min_length=1,
+        description="Base64 (standard alphabet, or a data: URL) encoded image files, in order.",
+    )
+
+
+class ClassScore(BaseModel):
+    """One class and its probability."""
+
+    label: str
+    index: int
+    score: float
+
+
+class Prediction(BaseModel):
+    """The answer for one image: best class, top_k classes and every class's probability."""
+
+    label: str
+    index: int
+    score: float
+    top_k: list[ClassScore]
+    scores: dict[str, float] = Field(description="Every class, probabilities summing to 1.")
+
+
+class ModelRef(BaseModel):
+    """Which model answered."""
+
+    name: str
+    version: str = Field(description="Content hash of the checkpoint file.")
+
+
+class Timing(BaseModel):
+    """Per-request timings in milliseconds."""
+
+    decode: float = Field(description="Decoding and preprocessing all images.")
+    queue: float = Field(description="Waiting for a forward pass (dynamic batching).")
+    inference: float = Field(description="Forward passes that computed this request's images.")
+    total: float = Field(description="From receiving the request to the response body.")
+
+
+class PredictResponse(BaseModel):
+    """200 answer of POST /v1/predict; predictions[i] answers the i-th image sent."""
+
+    model: ModelRef
+    predictions: list[Prediction]
+    timing_ms: Timing
+
+
+class InputShape(BaseModel):
+    """The tensor one image becomes."""
+
+    channels: int
+    height: int
+    width: int
+
+
+class Normalization(BaseModel):
+    """How pixels become the network's input: mode, resize, 0-1, then (x - mean) / std."""
+
+    mode: str
+    resample: str
+    background: int
+    mean: list[float]
+    std: list[float]
+
+
+class Layer(BaseModel):
+    """One layer of the architecture summary."""
+
+    name: str
+    kind: str
+    output_shape: list[int]
+    parameters: int
+
+
+class Architecture(BaseModel):
+    """The network's config, layers and parameter count."""
+
+    config: dict[str, object]
+    layers: list[Layer]
+    parameters: int
+
+
+class ModelInfo(BaseModel):
+    """GET /v1/model."""
+
+    name: str
+    version: str
+    classes: list[str]
+    input: InputShape
+    normalization: Normalization
+    architecture: Architecture
+    training: dict[str, object] = Field(description="Dataset, epochs, accuracy, date, ...")
+    precision: str
+
+
+class Health(BaseModel):
+    """GET /healthz and GET /readyz."""
+
+    status: str
+    model_version: str | None = None
+    detail: str | None = None
+
+
+class ProblemDetail(BaseModel):
+    """application/problem+json error body (RFC 9457)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    request_id: str
