@@ -46,8 +46,9 @@ format: setup-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-## test: lint, type-check and run the whole suite (what CI runs)
-test: lint
+## test: lint, type-check and run the whole suite (what CI runs); trains the default model
+## first if it is missing, since a test serves it real Fashion-MNIST images
+test: lint $(CHECKPOINT)
 	$(BIN)/pytest
 
 clean:

@@ -11,8 +11,8 @@ from service.config import Settings
 def create_app(settings: Settings | None = None, *, start_engine: bool = True) -> Flask:
     """Builds the Flask app: config, logging, error handlers, hooks, routes and the engine.
 
-    The engine loads the model in a background thread (per worker, after gunicorn forks), so
-    the app answers /healthz at once and /readyz turns 200 when the model is warm.
+    The engine loads and warms the model before this returns (in each gunicorn worker, after
+    the fork), then watches the checkpoint for new versions in a background thread.
     """
     # Imported here, not at module top: gunicorn's master imports this package for its config
     # and must not pay for torch; each worker imports it when it builds the app.

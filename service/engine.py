@@ -1,7 +1,8 @@
 """The framework-free predictor: loads the checkpoint, warms it up, batches, predicts, reloads.
 
-One Engine lives in each gunicorn worker, created after fork. Loading runs in a background
-thread so /healthz answers at once and /readyz says 503 until the model is warm.
+One Engine lives in each gunicorn worker, created after fork. The first load happens before
+the worker accepts connections; a thread then watches the checkpoint file and swaps in each new
+version whole, so no request ever meets a half-loaded model.
 """
 
 from __future__ import annotations
@@ -127,11 +128,17 @@ class Engine:
         return None if self._model is not None else self._load_error
 
     def start(self) -> None:
-        """Sets the thread budget and starts the batcher and the load/reload thread."""
+        """Sets the thread budget, loads the model, starts the batcher and the reload thread.
+
+        The first load runs before start() returns, so a gunicorn worker accepts connections
+        only once its model is warm; when it fails (no file yet, a bad file), the worker still
+        serves /healthz and a 503 /readyz while the reload thread keeps trying.
+        """
         torch.set_num_threads(self.settings.torch_threads)
         with contextlib.suppress(RuntimeError):  # allowed once per process, before any work
             torch.set_num_interop_threads(1)
         self._batcher.start()
+        self.reload()
         if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, name="model-loader", daemon=True)
             self._watcher.start()

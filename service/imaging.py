@@ -20,7 +20,7 @@ log = logging.getLogger("convserve.imaging")
 
 # Raster formats with magic numbers or well-bounded decoders. Vector and scriptable formats
 # (EPS would run Ghostscript) are never opened.
-ALLOWED_FORMATS = ("PNG", "JPEG", "MPO", "GIF", "WEBP", "BMP", "DIB", "TIFF", "ICO", "PPM", "TGA")
+ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "ICO", "PPM", "TGA")
 
 
 def decode_image(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> torch.Tensor:
@@ -36,7 +36,7 @@ def decode_image(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> 
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         image = _open(data, max_pixels)
         try:
-            if image.format in ("JPEG", "MPO"):
+            if image.format in ("JPEG", "MPO"):  # MPO: multi-picture JPEG
                 side = max(preprocessing.width, preprocessing.height)
                 image.draft(None, (side, side))
             image.load()
