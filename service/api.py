@@ -152,7 +152,12 @@ def describe_model(model: LoadedModel, settings: Settings) -> dict[str, Any]:
 
 def _decode(data: bytes, model: LoadedModel, settings: Settings) -> torch.Tensor:
     started = time.perf_counter()
-    pixels = decode_image(data, model.checkpoint.preprocessing, settings.max_image_pixels)
+    pixels = decode_image(
+        data,
+        model.checkpoint.preprocessing,
+        settings.max_image_pixels,
+        settings.decode_timeout_ms,
+    )
     metrics.DECODE_DURATION.observe(time.perf_counter() - started)
     return pixels
 

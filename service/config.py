@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Request body limit, bytes.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Decoded image limit, pixels.")
     max_images_per_request: int = Field(64, ge=1, description="Images in one request.")
+    decode_timeout_ms: float = Field(
+        2000.0,
+        gt=0,
+        description="CPU milliseconds one image may spend in its decoder; past that it is cut "
+        "off with 422.",
+    )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16 autocast on CPUs with AMX/AVX-512-BF16 (opt-in)."
     )

@@ -1,17 +1,20 @@
 """Untrusted bytes -> validated image -> uint8 tensor, through models.transforms.
 
 Cheap checks come first: the pixel count is read from the header before anything is decoded,
-and only a fixed list of raster formats is ever handed to a decoder.
+and only a fixed list of raster formats is ever handed to a decoder. Decoding then runs under a
+CPU-time budget per image, so a file crafted to make a decoder spin (a progressive JPEG with
+thousands of scans costs minutes for a few hundred kilobytes) is cut off with a 422.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import time
 import warnings
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from models.transforms import Preprocessing
 from service.errors import Problem
@@ -22,31 +25,71 @@ log = logging.getLogger("convserve.imaging")
 # (EPS would run Ghostscript) are never opened.
 ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "ICO", "PPM", "TGA")
 
+# Bytes handed to a decoder between two checks of the time budget. With Pillow's default
+# (64 KiB) one read of a malicious progressive JPEG runs for seconds at the default pixel limit;
+# 4 KiB bounds that overrun to a few hundred milliseconds and costs at most a few per cent of
+# CPU on large baseline JPEGs (nothing measurable on PNG, progressive JPEG or small files).
+DECODE_READ_BLOCK = 4 * 1024
+DEFAULT_DECODE_TIMEOUT_MS = 2000.0
 
-def decode_image(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> torch.Tensor:
+
+class DecodeTimeout(Exception):
+    """The image used up its CPU-time budget while being decoded."""
+
+
+class _BudgetedBytes(io.BytesIO):
+    """The upload as a file whose read() refuses to go on once the decode budget is spent.
+
+    Pillow's decoders pull their input through read() in blocks, so a decoder that spins is
+    stopped at its next read. The budget is this thread's CPU time, not the wall clock: a busy
+    server never cuts off an ordinary image because other threads had the cores.
+    """
+
+    def __init__(self, data: bytes, budget_s: float) -> None:
+        super().__init__(data)
+        self.deadline = time.thread_time() + budget_s
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if time.thread_time() > self.deadline:
+            raise DecodeTimeout
+        return super().read(size)
+
+
+def decode_image(
+    data: bytes,
+    preprocessing: Preprocessing,
+    max_pixels: int,
+    timeout_ms: float = DEFAULT_DECODE_TIMEOUT_MS,
+) -> torch.Tensor:
     """Decodes one uploaded file into the model's uint8 (C, H, W) input.
 
     The first frame of an animation is used and JPEG/TIFF EXIF orientation is applied.
     Raises Problem 413 when the image has more than `max_pixels` pixels and Problem 422 when
-    no allowed decoder can read the bytes; never lets a decoder's own exception escape.
+    no allowed decoder can read the bytes or decoding needs more than `timeout_ms` of CPU time;
+    never lets a decoder's own exception escape.
     """
     if not data:
         raise Problem(422, "undecodable-image", "An image part is empty.")
+    source = _BudgetedBytes(data, timeout_ms / 1000.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image = _open(data, max_pixels)
+        opened = _open(source, max_pixels, timeout_ms)
+        stored_size = opened.size
         try:
-            if image.format in ("JPEG", "MPO"):  # MPO: multi-picture JPEG
+            opened.decodermaxblock = DECODE_READ_BLOCK
+            if opened.format in ("JPEG", "MPO"):  # MPO: multi-picture JPEG
                 side = max(preprocessing.width, preprocessing.height)
-                image.draft(None, (side, side))
-            image.load()
+                opened.draft(None, (side, side))
+            opened.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise _too_many_pixels(image.size, max_pixels) from exc
+            raise _too_many_pixels(opened.size, max_pixels) from exc
+        except DecodeTimeout as exc:
+            raise _timed_out(opened.format, stored_size, timeout_ms) from exc
         except Exception as exc:
             raise Problem(
-                422, "undecodable-image", f"The {image.format} image could not be decoded."
+                422, "undecodable-image", f"The {opened.format} image could not be decoded."
             ) from exc
-    image = _apply_orientation(image)
+    image = _apply_orientation(opened)
     try:
         return preprocessing.to_uint8(image)
     except Exception as exc:
@@ -55,13 +98,15 @@ def decode_image(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> 
         ) from exc
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def _open(source: _BudgetedBytes, max_pixels: int, timeout_ms: float) -> ImageFile.ImageFile:
     try:
-        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        image = Image.open(source, formats=ALLOWED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise Problem(
             413, "image-too-large", f"The image has more than {max_pixels:,} pixels."
         ) from exc
+    except DecodeTimeout as exc:
+        raise _timed_out(None, None, timeout_ms) from exc
     except UnidentifiedImageError as exc:
         raise Problem(
             422,
@@ -83,6 +128,16 @@ def _too_many_pixels(size: tuple[int, int], max_pixels: int) -> Problem:
         413,
         "image-too-large",
         f"The image is {size[0]}x{size[1]} pixels; at most {max_pixels:,} pixels are accepted.",
+    )
+
+
+def _timed_out(fmt: str | None, size: tuple[int, int] | None, timeout_ms: float) -> Problem:
+    what = f"{fmt} {size[0]}x{size[1]}" if fmt and size else "header"
+    log.warning("image decode cut off after %.0f ms of CPU time (%s)", timeout_ms, what)
+    return Problem(
+        422,
+        "decode-timeout",
+        f"Decoding the image needed more than {timeout_ms:.0f} ms of CPU time; it was abandoned.",
     )
 
 

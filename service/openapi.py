@@ -20,6 +20,13 @@ _SCHEMAS: tuple[type[BaseModel], ...] = (
     ProblemDetail,
 )
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
+# pydantic knows only that each JSON image is a string; the API decodes it as strict base64
+# (padded, standard alphabet), optionally behind a data: URL prefix.
+_BASE64_ITEM = {
+    "type": "string",
+    "contentEncoding": "base64",
+    "pattern": r"^(data:[^,]*,)?(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+}
 
 
 def build_openapi(settings: Settings) -> dict[str, Any]:
@@ -32,6 +39,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
     )
     for model in _SCHEMAS:
         _add_schema(spec, model)
+    spec.components.schemas["PredictJSONRequest"]["properties"]["images"]["items"] = _BASE64_ITEM
     secured = settings.api_key is not None
     if secured:
         spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
@@ -93,9 +101,14 @@ def _predict_operation(secured: bool) -> dict[str, Any]:
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                        "file": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "minItems": 1,
+                        }
                     },
                     "required": ["file"],
+                    "additionalProperties": False,
                 }
             },
             "application/json": {"schema": _ref("PredictJSONRequest")},
