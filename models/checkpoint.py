@@ -59,7 +59,7 @@ class Checkpoint:
             "classes": list(self.classes),
             "input_shape": list(self.config.input_shape),
             "preprocessing": self.preprocessing.to_dict(),
-            "training": dict(self.training),
+            "training": _plain(self.training, "training"),
         }
 
 
@@ -74,12 +74,13 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> None:
 def save_atomic(payload: Any, path: str | Path) -> None:
     """torch.save of `payload` to `path` via a fsynced temporary file and a rename.
 
-    Used for checkpoints and for the training state that --resume reads.
+    The file is readable by everyone (0644). Used for checkpoints and the --resume state.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the model from a non-root server
         with os.fdopen(fd, "wb") as handle:
             torch.save(payload, handle)
             handle.flush()
@@ -184,6 +185,22 @@ def _check_state_dict(source: Path, config: CNNConfig, state_dict: Any) -> None:
             )
         if found.is_floating_point() and not torch.isfinite(found).all():
             raise CheckpointError(f"{source}: tensor {name} holds NaN or infinite values")
+
+
+def _plain(value: Any, where: str) -> Any:
+    """`value` as the plain types weights_only loading accepts (str subclasses become str).
+
+    Raises TypeError naming the entry for anything else, before a file is written.
+    """
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, dict):
+        return {_plain(key, where): _plain(item, f"{where}.{key}") for key, item in value.items()}
+    raise TypeError(f"{where} is a {type(value).__name__}; checkpoints hold plain types only")
 
 
 def _first_line(exc: BaseException) -> str:
