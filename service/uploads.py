@@ -31,9 +31,9 @@ def read_uploads(request: Request, settings: Settings) -> list[bytes]:
     if mimetype == "multipart/form-data":
         files = _multipart(request)
     elif mimetype == "application/json":
-        files = _json(request.get_data(cache=False), settings)
+        files = _json(_body(request, settings), settings)
     elif mimetype.startswith("image/") or mimetype == "application/octet-stream":
-        body = request.get_data(cache=False)
+        body = _body(request, settings)
         if not body:
             raise Problem(400, "body-missing", "The request has no body; send an image.")
         files = [body]
@@ -48,6 +48,23 @@ def read_uploads(request: Request, settings: Settings) -> list[bytes]:
         )
     _check_count(len(files), settings)
     return files
+
+
+def _body(request: Request, settings: Settings) -> bytes:
+    """The whole body; a chunked one that goes on past the limit is a 413, not cut short."""
+    body = request.get_data(cache=False)
+    if (
+        request.content_length is None
+        and len(body) >= settings.max_upload_bytes
+        and request.environ["wsgi.input"].read(1)
+    ):
+        raise Problem(
+            413,
+            "body-too-large",
+            f"The body has more than {settings.max_upload_bytes:,} bytes; at most "
+            f"{settings.max_upload_bytes:,} are accepted.",
+        )
+    return body
 
 
 def _multipart(request: Request) -> list[bytes]:

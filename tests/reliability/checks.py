@@ -1,0 +1,37 @@
+"""Assertions shared by the reliability tests: what every answer of the service must look like."""
+
+from __future__ import annotations
+
+import re
+
+import requests
+
+from service.schemas import ProblemDetail
+
+# Anything an error body must never show: stack traces, source files, paths, library names and
+# versions. Problem details are written for clients, not operators (operators read the logs).
+LEAK = re.compile(
+    r"Traceback|File \"|\.py\b|/usr/|/tmp/|/work/|/home/|site-packages|\bPIL\b|Pillow|"
+    r"libjpeg|libpng|libtiff|libwebp|zlib|Werkzeug|werkzeug|gunicorn|flask|Flask|torch|"
+    r"pydantic|Python|\b\d+\.\d+\.\d+\b",
+)
+ALLOWED_ERRORS = frozenset({400, 401, 404, 405, 413, 415, 422})
+
+
+def assert_safe_answer(response: requests.Response) -> None:
+    """A 200, or a documented 4xx as problem+json that leaks nothing; nosniff on every answer."""
+    assert response.status_code == 200 or response.status_code in ALLOWED_ERRORS, (
+        response.status_code,
+        response.text[:300],
+    )
+    assert response.headers.get("X-Content-Type-Options") == "nosniff"
+    assert not re.search(r"\d", response.headers.get("Server", "")), response.headers["Server"]
+    if response.status_code != 200:
+        assert response.headers["Content-Type"] == "application/problem+json"
+        ProblemDetail.model_validate(response.json())
+        leak = LEAK.search(response.text)
+        assert leak is None, f"error body shows {leak.group(0)!r}: {response.text}"
+
+
+# Log lines that mean the server failed, not the client: crashes and worker timeout kills.
+SERVER_FAULTS = re.compile(r"unhandled error|Traceback|WORKER TIMEOUT|Worker \(pid:\d+\) was sent")
