@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.schemas import ProblemDetail
 
@@ -35,3 +36,20 @@ def assert_safe_answer(response: requests.Response) -> None:
 
 # Log lines that mean the server failed, not the client: crashes and worker timeout kills.
 SERVER_FAULTS = re.compile(r"unhandled error|Traceback|WORKER TIMEOUT|Worker \(pid:\d+\) was sent")
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of /metrics at `url`, keyed by (name, labels)."""
+    text = requests.get(url + "/metrics", timeout=10).text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def sample(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    """The value of one sample (0.0 when absent)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)

@@ -6,17 +6,30 @@ shared `server` and `strict_server` stay pristine for everyone else.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.reliability.checks import sample, scrape
 from tests.server import Server
 from tests.service.conftest import server, strict_server
 
 __all__ = ["server", "strict_server"]
 
 StartServer = Callable[..., Server]
+
+
+def wait_all_workers_ready(running: Server, timeout: float = 60.0) -> None:
+    """Waits until every worker has loaded a model (Server.start waits for the first one)."""
+    workers = int(running.env["CONVSERVE_WORKERS"])
+    deadline = time.monotonic() + timeout
+    while sample(scrape(running.url), "convserve_model_reloads_total", outcome="loaded") < workers:
+        assert time.monotonic() < deadline, (
+            f"not every worker loaded its model:\n{running.log_tail()}"
+        )
+        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -27,7 +40,10 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
     def start(model_path: Path, wait_ready: bool = True, **env: str) -> Server:
         running = Server(tmp_path, {"CONVSERVE_MODEL_PATH": str(model_path), **env})
         started.append(running)
-        return running.start(wait_ready=wait_ready)
+        running.start(wait_ready=wait_ready)
+        if wait_ready:
+            wait_all_workers_ready(running)
+        return running
 
     yield start
     for running in started:
