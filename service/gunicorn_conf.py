@@ -11,6 +11,8 @@ import os
 import shutil
 from typing import Any
 
+from gunicorn.workers.gthread import ThreadWorker
+
 from service.config import Settings
 
 _settings = Settings()
@@ -22,7 +24,25 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_settings.metrics_dir)
 bind = _settings.bind
 workers = _settings.workers
 threads = _settings.threads
-worker_class = "gthread"
+
+
+class DrainingThreadWorker(ThreadWorker):
+    """gthread, but a SIGTERM closes the listening sockets at once, not after the drain.
+
+    Plain gthread only stops accepting; the kernel keeps queueing new connections on the
+    still-open socket and resets them when the drain ends. Closed at once (the master closes
+    its copies too), new connections are refused while in-flight requests finish.
+    """
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """Starts the graceful drain and stops listening."""
+        super().handle_exit(sig, frame)
+        self.set_accept_enabled(False)
+        for listener in self.sockets:
+            listener.close()
+
+
+worker_class = DrainingThreadWorker
 timeout = _settings.worker_timeout_s
 graceful_timeout = _settings.graceful_timeout_s
 keepalive = 5

@@ -21,13 +21,19 @@ __all__ = ["server", "strict_server"]
 StartServer = Callable[..., Server]
 
 
-def wait_all_workers_ready(running: Server, timeout: float = 60.0) -> None:
-    """Waits until every worker has loaded a model (Server.start waits for the first one)."""
-    workers = int(running.env["CONVSERVE_WORKERS"])
+def wait_all_workers_ready(
+    running: Server, timeout: float = 60.0, expected_loads: int | None = None
+) -> None:
+    """Waits until every worker has loaded a model (Server.start waits for the first one).
+
+    Workers count their loads in convserve_model_reloads_total{outcome="loaded"}; a killed
+    worker's count stays, so after a replacement pass `expected_loads` explicitly.
+    """
+    expected = expected_loads or int(running.env["CONVSERVE_WORKERS"])
     deadline = time.monotonic() + timeout
-    while sample(scrape(running.url), "convserve_model_reloads_total", outcome="loaded") < workers:
+    while sample(scrape(running.url), "convserve_model_reloads_total", outcome="loaded") < expected:
         assert time.monotonic() < deadline, (
-            f"not every worker loaded its model:\n{running.log_tail()}"
+            f"workers did not load their models:\n{running.log_tail()}"
         )
         time.sleep(0.1)
 

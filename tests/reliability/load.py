@@ -174,6 +174,7 @@ def run_load(
                             f"{type(exc).__name__}: {exc}",
                         )
                     )
+                    stop.wait(0.01)  # a refused client retries soon, not in a busy loop
                     continue
                 kept = body if keep_body is not None and keep_body(call, status) else b""
                 local.append(

@@ -171,9 +171,9 @@ def test_bad_checkpoints_are_rejected_and_never_executed(
     # good model answers every request meanwhile.
     with BackgroundLoad(running.url, [PREDICT], connections=4, duration_s=120) as load:
         for name, data in bad.items():
-            failed = reloads(running, "failed")
+            expected = reloads(running, "failed") + WORKERS
             replace_atomically(model, data)
-            wait_for(lambda failed=failed: reloads(running, "failed") >= failed + WORKERS)
+            wait_for(lambda: reloads(running, "failed") >= expected)  # noqa: B023
             assert running.get("/v1/model").json()["version"] == good, name
             assert running.get("/readyz").status_code == 200, name
     assert load.result is not None
