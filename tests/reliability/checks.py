@@ -38,9 +38,13 @@ def assert_safe_answer(response: requests.Response) -> None:
 SERVER_FAULTS = re.compile(r"unhandled error|Traceback|WORKER TIMEOUT|Worker \(pid:\d+\) was sent")
 
 
-def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def scrape(
+    url: str, headers: dict[str, str] | None = None
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Every sample of /metrics at `url`, keyed by (name, labels)."""
-    text = requests.get(url + "/metrics", timeout=10).text
+    response = requests.get(url + "/metrics", headers=headers, timeout=10)
+    response.raise_for_status()
+    text = response.text
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
         for family in text_string_to_metric_families(text)

@@ -30,8 +30,13 @@ def wait_all_workers_ready(
     worker's count stays, so after a replacement pass `expected_loads` explicitly.
     """
     expected = expected_loads or int(running.env["CONVSERVE_WORKERS"])
+    key = running.env.get("CONVSERVE_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else None
     deadline = time.monotonic() + timeout
-    while sample(scrape(running.url), "convserve_model_reloads_total", outcome="loaded") < expected:
+    while (
+        sample(scrape(running.url, headers), "convserve_model_reloads_total", outcome="loaded")
+        < expected
+    ):
         assert time.monotonic() < deadline, (
             f"workers did not load their models:\n{running.log_tail()}"
         )
