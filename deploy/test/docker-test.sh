@@ -185,6 +185,9 @@ else
     log "quick checkpoint: held-out accuracy $accuracy"
     checkpoint="$work/quick.pt"
   fi
+  # A snapshot: checkpoints/model.pt may be rewritten (make train, hot-reload tests) meanwhile.
+  cp "$checkpoint" "$work/supplied.pt"
+  checkpoint="$work/supplied.pt"
   model_copy="$root/deploy/docker/model/docker-test-$$.pt"
   cp "$checkpoint" "$model_copy"
 fi
@@ -216,7 +219,7 @@ if [ -z "$checkpoint" ]; then
 elif cmp -s "$checkpoint" "$work/baked.pt"; then
   pass "model: the image holds the supplied checkpoint byte for byte"
 else
-  fail "model: the image's checkpoint differs from the supplied $checkpoint"
+  fail "model: the image's checkpoint differs from the one supplied"
 fi
 
 user="$("$DOCKER" image inspect convserve:latest --format '{{.Config.User}}')"
