@@ -737,7 +737,7 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="bfloat16 autocast for training where the CPU has native bf16 (default: the "
-        "preset's choice; best uses it); tests always run in fp32",
+        "preset's choice; best uses it); validation and test always run in fp32",
     )
     parser.add_argument(
         "--augment",
