@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CHECKPOINT ?= checkpoints/model.pt
 RUN_PACKAGES := dataset-fashion-mnist
-TEST_PACKAGES := dataset-fashion-mnist prometheus
+TEST_PACKAGES := dataset-fashion-mnist prometheus docker-compose
 BENCH_PACKAGES := dataset-fashion-mnist wrk
 
 .PHONY: setup setup-dev run train test lint format bench docker-test clean
@@ -50,6 +50,11 @@ format: setup-dev
 ## first if it is missing, since a test serves it real Fashion-MNIST images
 test: lint $(CHECKPOINT)
 	$(BIN)/pytest
+	$(MAKE) docker-test
+
+## docker-test: build the image and run the compose stack on a Docker engine started for the test
+docker-test: setup-dev
+	PYTHON=$(abspath $(BIN)/python) deploy/test/docker-test.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -10,13 +11,25 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
-def available_cores() -> int:
-    """CPU cores this process may run on (respects taskset/cgroup affinity)."""
+
+def available_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """CPU cores this process may use: its affinity, capped by a cgroup v2 CPU quota.
+
+    A container started with `--cpus=1.5` on a 16-core host gets 2, not 16.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit to read
+    return max(1, cores)
 
 
 class Settings(BaseSettings):
