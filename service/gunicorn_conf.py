@@ -31,15 +31,18 @@ class DrainingThreadWorker(ThreadWorker):
 
     Plain gthread only stops accepting; the kernel keeps queueing new connections on the
     still-open socket and resets them when the drain ends. Closed at once (the master closes
-    its copies too), new connections are refused while in-flight requests finish.
+    its copies too), new connections are refused while in-flight requests finish. The close
+    happens in the main loop right after the signal (not in the signal handler, which could
+    race an accept of the same socket), and only closes this process's copy, so on a HUP
+    reload the new workers keep listening.
     """
 
-    def handle_exit(self, sig: int, frame: Any) -> None:
-        """Starts the graceful drain and stops listening."""
-        super().handle_exit(sig, frame)
-        self.set_accept_enabled(False)
-        for listener in self.sockets:
-            listener.close()
+    def set_accept_enabled(self, enabled: bool) -> None:
+        """Stops or starts accepting; stopping for good (shutdown) also closes the listeners."""
+        super().set_accept_enabled(enabled)
+        if not enabled and not self.alive:
+            for listener in self.sockets:
+                listener.close()
 
 
 worker_class = DrainingThreadWorker

@@ -35,7 +35,10 @@ def assert_safe_answer(response: requests.Response) -> None:
 
 
 # Log lines that mean the server failed, not the client: crashes and worker timeout kills.
-SERVER_FAULTS = re.compile(r"unhandled error|Traceback|WORKER TIMEOUT|Worker \(pid:\d+\) was sent")
+SERVER_FAULTS = re.compile(
+    r"unhandled error|Traceback|WORKER TIMEOUT|Worker \(pid:\d+\) was sent|"
+    r"Exception in worker process|Exception during worker exit"
+)
 
 
 def scrape(

@@ -81,6 +81,14 @@ def test_kill_9_of_a_worker_under_load(tiny_checkpoint: Path, start_server: Star
     ]
 
 
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def refused(port: int) -> bool:
     """True when a new TCP connection to the port is refused."""
     try:
@@ -121,7 +129,7 @@ def test_sigterm_drains_in_flight_requests(
         for sock in slow:
             sock.sendall(body[20:])
             sock.settimeout(10)
-            answer = sock.recv(65536)
+            answer = read_until_closed(sock)
             if not answer.startswith(b"HTTP/1.1 200"):
                 print(answer)
             answers.append(answer.split(b"\r\n", 1)[0])
@@ -136,6 +144,7 @@ def test_sigterm_drains_in_flight_requests(
         f"master exited {exit_code} after {stopped_after:.1f} s"
     )
     assert answers == [b"HTTP/1.1 200 OK"] * len(slow)
+    assert not SERVER_FAULTS.findall(running.log_path.read_text(errors="replace"))
     assert exit_code == 0
     assert stopped_after < 10
     # Before the signal everything succeeded; after it, a request either got its answer or

@@ -41,9 +41,10 @@ def test_twice_capacity_is_answered(tiny_checkpoint: Path, start_server: StartSe
     assert len(result.outcomes) >= rate * OVERLOAD_S * 0.9
     assert not result.failures(), result.failures()[:5]
     assert ok
-    # Open loop at 2x: the backlog grows for OVERLOAD_S seconds and drains at capacity, so no
-    # request may wait longer than about that; nothing hangs until the worker timeout (60 s).
-    assert p99 < OVERLOAD_S + 4.0
+    # Nothing is shed (see docs/reliability.md): at 2x the backlog grows for OVERLOAD_S seconds
+    # and then drains, at a capacity the client itself shares the two cores with, so waits
+    # stay within a few OVERLOAD_S; nothing hangs until a timeout (request 30 s, worker 60 s).
+    assert p99 < 3 * OVERLOAD_S
     assert running.worker_pids() == pids
     assert not SERVER_FAULTS.findall(running.log_path.read_text(errors="replace"))
     assert running.get("/readyz").status_code == 200
