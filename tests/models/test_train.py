@@ -202,3 +202,23 @@ def test_settings_round_trip_and_preset_overrides() -> None:
     assert Settings.from_dict(settings.to_dict()) == settings
     plain = train_module._settings_from_args(train_module._parser().parse_args(["--no-augment"]))
     assert (plain.recipe.flip, plain.recipe.shift) == (False, 0)
+
+
+@pytest.mark.parametrize(
+    ("load", "processes", "expected"),
+    [(0.0, 1, 4), (1.4, 1, 3), (3.6, 1, 1), (9.0, 1, 1), (0.2, 2, 2)],
+)
+def test_default_threads_leave_busy_cpus_alone(
+    monkeypatch: pytest.MonkeyPatch, load: float, processes: int, expected: int
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    assert train_module._default_threads(processes) == expected
+
+
+def test_main_restores_the_thread_count(tiny_idx_dir: Path, tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    assert (
+        main(_train_args(tiny_idx_dir, tmp_path / "m.pt", "--epochs", "1", "--threads", "1")) == 0
+    )
+    assert torch.get_num_threads() == before
