@@ -28,7 +28,6 @@ from service.batching import Batcher, BatchResult, Overloaded
 from service.config import Settings
 
 log = logging.getLogger("convserve.engine")
-_DEV = os.environ.get("CONVSERVE_DEV_VARIANT", "")  # DEV ONLY, remove
 
 __all__ = [
     "Engine",
@@ -142,6 +141,8 @@ class Engine:
         serves /healthz and a 503 /readyz while the reload thread keeps trying.
         """
         torch.set_num_threads(self.settings.torch_threads)
+        if self.settings.precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            log.warning("CONVSERVE_PRECISION=bf16 on a CPU without native bf16: expect it slower")
         with contextlib.suppress(RuntimeError):  # allowed once per process, before any work
             torch.set_num_interop_threads(1)
         self._batcher.start()
@@ -211,11 +212,6 @@ class Engine:
         Equal within float tolerance to softmax(model(preprocessing.normalize(pixels))) on the
         checkpoint's plain eager model (tests/service/test_engine.py proves it).
         """
-        if _DEV == "nchw":
-            inputs = model.checkpoint.preprocessing.normalize(pixels)
-            with torch.inference_mode(), self._autocast():
-                logits = model.module(inputs)
-            return torch.softmax(logits.float(), dim=1)
         with torch.inference_mode():
             # One copy converts to float and to channels_last (NHWC in memory), the layout the
             # oneDNN kernels want; the in-place multiply-add keeps it.
@@ -269,17 +265,7 @@ def prepare_module(module: nn.Module) -> nn.Module:
     With NCHW weights eager CPU max-pooling falls back to a slow scalar kernel; channels_last
     keeps every layer on the vectorized oneDNN/NHWC kernels (3x faster, see bench/results.md).
     """
-    if _DEV == "nchw":
-        return module.eval()
-    module = module.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    if _DEV == "ts":
-        import warnings
-        warnings.simplefilter("ignore")
-        c = module.config
-        ex = torch.zeros(1, c.in_channels, c.height, c.width).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            return torch.jit.optimize_for_inference(torch.jit.trace(module, ex).eval())
-    return module
+    return module.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 def normalization_constants(checkpoint: Checkpoint) -> tuple[torch.Tensor, torch.Tensor]:

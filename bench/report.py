@@ -1,0 +1,242 @@
+"""Turns one benchmark run into bench/results.md (and a short summary for the terminal).
+
+Rows are labelled by scenario ("S", "M") or by scenario and variant ("M bf16"); a label's HTTP
+limit is its scenario's (same body), its model limit is measured with its own settings.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.run import Results, Row
+
+# Tuned peers (one torch thread per process) as quoted in issue 5: same machine kind, same
+# images, wrk on loopback, concurrency 16. Not measured by this harness.
+PEERS = {"S": ("Flask 1,845 / TorchServe 1,420", 1845.0, 1.3), "M": ("159 / 157", 159.0, 1.5)}
+MEMORY_GROWTH_TOLERANCE = 0.02
+
+
+def http_limit(results: Results, label: str) -> float:
+    """Highest echo-route throughput with this scenario's body, over the concurrencies."""
+    scenario = label.split()[0]
+    return max(r.rps for (name, _), r in results.echo.items() if name == scenario)
+
+
+def limit(results: Results, label: str) -> float:
+    """min(HTTP limit, model limit) for the label."""
+    return min(http_limit(results, label), results.model_limits[label].best)
+
+
+def row(results: Results, label: str, batching: bool, concurrency: int) -> Row | None:
+    """The row for that configuration, if it ran."""
+    for candidate in results.rows:
+        key = (candidate.scenario, candidate.batching, candidate.concurrency)
+        if key == (label, batching, concurrency):
+            return candidate
+    return None
+
+
+def targets(results: Results) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) per target of issue 5 this run covers; met None: for info."""
+    checks: list[tuple[str, str, bool | None]] = []
+    for name, floor in (("S", 0.6), ("M", 0.7)):
+        found = row(results, name, True, 32)
+        if found:
+            fraction = found.result.rps / limit(results, name)
+            checks.append(
+                (
+                    f"{name} at c=32 >= {floor:.1f} of the limit",
+                    f"{fraction:.2f}",
+                    fraction >= floor,
+                )
+            )
+    on, off = row(results, "M", True, 32), row(results, "M", False, 32)
+    if on and off and off.result.rps > 0:
+        ratio = on.result.rps / off.result.rps
+        checks.append(("M at c=32: batching on >= 1.5x off", f"{ratio:.2f}x", ratio >= 1.5))
+    single = row(results, "S", True, 1)
+    if single and ("S", 1) in results.echo:
+        gap = single.result.p50_ms - results.echo[("S", 1)].p50_ms
+        checks.append(
+            ("S at c=1: p50 within 1.5 ms of the HTTP limit's p50", f"{gap:+.2f} ms", gap <= 1.5)
+        )
+    bad = sum(r.result.non_2xx + r.result.socket_errors for r in results.rows)
+    checks.append(("zero non-2xx and socket errors in every row", str(bad), bad == 0))
+    for memory in results.memory:
+        growth = max(
+            (memory.after_requests_kb[pid] - kb) / kb for pid, kb in memory.after_warmup_kb.items()
+        )
+        checks.append(
+            (
+                f"{memory.scenario}: worker RSS does not grow over {memory.requests:,} requests",
+                f"{growth:+.1%} (largest worker change)",
+                growth <= MEMORY_GROWTH_TOLERANCE,
+            )
+        )
+    for name in ("S", "M"):
+        found = row(results, name, True, 32)
+        if found:
+            label, rps, factor = PEERS[name]
+            checks.append(
+                (
+                    f"{name} at c=32: >= {factor}x the tuned peers ({label} req/s at c=16, "
+                    "quoted in issue 5, not measured here)",
+                    f"{found.result.rps / rps:.2f}x",
+                    found.result.rps >= factor * rps,
+                )
+            )
+    bf16 = row(results, "M bf16", True, 32)
+    if bf16 and on:
+        checks.append(
+            (
+                "M at c=32, opt-in CONVSERVE_PRECISION=bf16 vs the default fp32 (for information)",
+                f"{bf16.result.rps / on.result.rps:.2f}x",
+                None,
+            )
+        )
+    return checks
+
+
+def render(results: Results) -> str:
+    """The whole results.md."""
+    return "\n".join(_header(results) + _limits(results) + _rows(results) + _rest(results)) + "\n"
+
+
+def _header(results: Results) -> list[str]:
+    ctx = results.context
+    lines = [
+        "# convserve benchmark results",
+        "",
+        "Written by `make bench` (`python -m bench`); every number below comes from the one run "
+        "described here. Rerun it to measure your machine.",
+        "",
+        f"- Run: {results.started}, commit {ctx['commit']}",
+        f"- Machine: {ctx['cpu']}, {ctx['cores']} cores; Python {ctx['python']}, "
+        f"torch {ctx['torch']}",
+        f"- Load average (1/5/15 min) before the run: **{results.load_before}**; after it: "
+        f"{results.load_after} (the run itself keeps both cores busy)",
+        "- Server: real gunicorn with the production config (`service/gunicorn_conf.py`, gthread) "
+        f"and default settings: {ctx['workers']} workers x {ctx['threads']} threads, "
+        f"{ctx['torch_threads']} torch thread(s) per worker, max batch {ctx['max_batch_size']}, "
+        f"batch delay {ctx['max_batch_delay_ms']} ms, precision {ctx['precision']}; batching off "
+        "= `CONVSERVE_MAX_BATCH_SIZE=1`; `M bf16` = `CONVSERVE_PRECISION=bf16` (opt-in)",
+        f"- Load generator: {ctx['wrk']} on loopback, 1 thread, keep-alive; `bench/post.lua` "
+        "POSTs the file as the raw body. Each row is a warm-up run, then a measured run; wrk "
+        "shares the 2 cores with the server (as in the peers' measurements)",
+        "",
+        "Scenarios:",
+        "",
+    ]
+    for scenario in results.scenarios:
+        size = scenario.body.stat().st_size
+        lines.append(
+            f"- **{scenario.name}**: {scenario.description}; body {size:,} bytes "
+            f"({scenario.content_type}); model {scenario.model_origin}"
+        )
+    return lines
+
+
+def _limits(results: Results) -> list[str]:
+    ctx = results.context
+    lines = [
+        "",
+        "## Limits of the stack (same run)",
+        "",
+        "HTTP limit: the same server config answering `POST /bench/echo` (reads the body, "
+        "returns constant JSON; it exists only in the benchmark's app factory `bench/app.py`) "
+        "with the scenario's body, best of the three concurrencies. Model limit: "
+        f"`Engine.forward` (normalize, model, softmax) in {ctx['workers']} processes x "
+        f"{ctx['torch_threads']} torch thread(s), no HTTP, at the best batch size.",
+        "",
+        "| scenario | HTTP limit req/s | HTTP p50 at c=1 ms | model limit images/s (batch) "
+        "| limit = min |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label, model in results.model_limits.items():
+        echo1 = results.echo.get((label.split()[0], 1))
+        lines.append(
+            f"| {label} | {http_limit(results, label):,.0f} | "
+            f"{f'{echo1.p50_ms:.2f}' if echo1 else '-'} | "
+            f"{model.best:,.0f} ({model.best_batch}) | {limit(results, label):,.0f} |"
+        )
+    return lines
+
+
+def _rows(results: Results) -> list[str]:
+    lines = [
+        "",
+        "## Scenarios",
+        "",
+        "| scenario | batching | concurrency | req/s | p50 ms | p99 ms | non-2xx | socket errors "
+        "| images per forward pass | fraction of limit |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for scenario in results.scenarios:
+        for (name, concurrency), r in sorted(results.echo.items()):
+            if name == scenario.name:
+                lines.append(
+                    f"| {name} HTTP limit (echo) | - | {concurrency} | {r.rps:,.0f} | "
+                    f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.non_2xx} | {r.socket_errors} | - | - |"
+                )
+        for found in results.rows:
+            if found.scenario.split()[0] != scenario.name:
+                continue
+            r = found.result
+            mean = f"{found.mean_batch:.1f}" if found.mean_batch is not None else "-"
+            lines.append(
+                f"| {found.scenario} | {'on' if found.batching else 'off'} | "
+                f"{found.concurrency} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+                f"{r.non_2xx} | {r.socket_errors} | {mean} | "
+                f"{r.rps / limit(results, found.scenario):.2f} |"
+            )
+    lines += ["", "## Targets (issue 5)", "", "| target | measured | met |", "|---|---:|---|"]
+    for target, measured, met in targets(results):
+        verdict = "(info)" if met is None else "yes" if met else "**no**"
+        lines.append(f"| {target} | {measured} | {verdict} |")
+    return lines
+
+
+def _rest(results: Results) -> list[str]:
+    lines: list[str] = []
+    if results.memory:
+        lines += [
+            "",
+            "## Worker memory (batching on, c=32)",
+            "",
+            "RSS of each gunicorn worker after warm-up and the measured rows, then after that "
+            "many more requests.",
+            "",
+            "| scenario | worker | RSS after warm-up MiB | RSS after the requests MiB | requests "
+            "| change MiB |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for memory in results.memory:
+            for index, (pid, before) in enumerate(sorted(memory.after_warmup_kb.items())):
+                after = memory.after_requests_kb[pid]
+                lines.append(
+                    f"| {memory.scenario} | {index + 1} | {before / 1024:.1f} | "
+                    f"{after / 1024:.1f} | {memory.requests:,} | {(after - before) / 1024:+.1f} |"
+                )
+    sizes = sorted({b for m in results.model_limits.values() for b in m.per_batch})
+    lines += [
+        "",
+        "## Model limit by batch size (images/s, all workers together)",
+        "",
+        "| scenario | " + " | ".join(str(b) for b in sizes) + " |",
+        "|---|" + "---:|" * len(sizes),
+    ]
+    for label, model in results.model_limits.items():
+        cells = " | ".join(
+            f"{model.per_batch[b]:,.0f}" if b in model.per_batch else "-" for b in sizes
+        )
+        lines.append(f"| {label} | {cells} |")
+    return lines
+
+
+def summary(results: Results) -> str:
+    """The targets as plain text lines."""
+    marks = {True: "ok  ", False: "MISS", None: "info"}
+    return "\n".join(
+        f"{marks[met]} {target}: {measured}" for target, measured, met in targets(results)
+    )

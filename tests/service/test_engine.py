@@ -1,0 +1,61 @@
+"""service.engine: the serving fast path computes what the plain eager model computes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint
+from service.config import Settings
+from service.engine import Engine, LoadedModel
+
+
+def reference(checkpoint: Path, pixels: torch.Tensor) -> torch.Tensor:
+    """The plain eager model: NCHW weights, Preprocessing.normalize, softmax."""
+    loaded = load_checkpoint(checkpoint)
+    model = loaded.build_model()
+    with torch.no_grad():
+        return torch.softmax(model(loaded.preprocessing.normalize(pixels)), dim=1)
+
+
+def random_pixels(model: LoadedModel, count: int, seed: int) -> torch.Tensor:
+    shape = model.checkpoint.config.input_shape
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (count, *shape), dtype=torch.uint8, generator=generator)
+
+
+@pytest.fixture(params=["tiny_checkpoint", "tiny_rgb_checkpoint"])
+def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """A started fp32 engine (default settings) on a grey or an RGB checkpoint."""
+    path: Path = request.getfixturevalue(request.param)
+    running = Engine(Settings(model_path=path, reload_interval_s=0))
+    running.start()
+    assert running.ready, running.load_error
+    yield running
+    running.stop()
+
+
+@pytest.mark.parametrize("count", [1, 3, 32])
+def test_fp32_forward_equals_the_plain_eager_model(engine: Engine, count: int) -> None:
+    model = engine.model
+    assert model is not None and engine.settings.precision == "fp32"
+    pixels = random_pixels(model, count, seed=count)
+    served = engine.forward(model, pixels)
+    expected = reference(engine.settings.model_path, pixels)
+    assert served.dtype == torch.float32 and served.shape == expected.shape
+    torch.testing.assert_close(served, expected, rtol=1e-4, atol=1e-6)
+    assert torch.equal(served.argmax(dim=1), expected.argmax(dim=1))
+
+
+def test_batched_requests_get_the_eager_models_rows(engine: Engine) -> None:
+    model = engine.model
+    assert model is not None
+    pixels = random_pixels(model, 40, seed=7)
+    pending = [engine.submit(model, pixels[i : i + 4]) for i in range(0, 40, 4)]
+    served = torch.cat([torch.tensor(p.result().probabilities) for p in pending])
+    torch.testing.assert_close(
+        served, reference(engine.settings.model_path, pixels), rtol=1e-4, atol=1e-6
+    )
