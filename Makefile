@@ -56,5 +56,11 @@ test: lint $(CHECKPOINT)
 docker-test: setup-dev
 	PYTHON=$(abspath $(BIN)/python) deploy/test/docker-test.sh
 
+## bench: drive the real server with wrk (S and M scenarios, batching on/off, HTTP and model
+## limits, worker RSS) and write bench/results.md
+bench: setup-dev
+	scripts/ensure-apt.sh $(BENCH_PACKAGES)
+	$(BIN)/python -m bench
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
