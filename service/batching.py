@@ -69,15 +69,8 @@ class Batcher(Generic[Key]):
         self._max_queue = max(max_queue_images, max_batch_size)
         self._on_batch = on_batch
         self._jobs: deque[_Job[Key]] = deque()
-        self._queued_images = 0  # submitted, not yet running: the deque and a forming batch
-        self._waiting_images = 0  # in the deque only
+        self._queued_images = 0
         self._expected = 0
-        # What the batcher thread sleeps on, so that only a change it waits for wakes it (a
-        # wake-up costs a GIL hand-over, which under load costs more than a small forward pass).
-        self._idle = False  # waiting for the first job of a batch
-        self._forming = False  # waiting for more jobs of a forming batch
-        self._room = 0  # images the forming batch can still take
-        self._forming_key: Key | None = None
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -92,7 +85,7 @@ class Batcher(Generic[Key]):
         """Lets queued jobs finish, then ends the thread."""
         with self._cond:
             self._stopping = True
-            self._cond.notify()
+            self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -106,8 +99,7 @@ class Batcher(Generic[Key]):
         finally:
             with self._cond:
                 self._expected -= 1
-                if self._expected == 0 and self._forming:
-                    self._cond.notify()
+                self._cond.notify_all()
 
     def submit(self, key: Key, pixels: torch.Tensor) -> list[Future[BatchResult]]:
         """Queues (N, C, H, W) pixels in chunks of at most max_batch_size.
@@ -123,11 +115,7 @@ class Batcher(Generic[Key]):
                 raise Overloaded(f"{self._queued_images} images are already queued")
             self._jobs.extend(jobs)
             self._queued_images += len(pixels)
-            self._waiting_images += len(pixels)
-            if self._idle or (
-                self._forming and (self._waiting_images >= self._room or key != self._forming_key)
-            ):
-                self._cond.notify()
+            self._cond.notify_all()
         return [job.future for job in jobs]
 
     def _loop(self) -> None:
@@ -142,33 +130,26 @@ class Batcher(Generic[Key]):
             while not self._jobs:
                 if self._stopping:
                     return None
-                self._idle = True
                 self._cond.wait()
-                self._idle = False
-            batch = [self._take()]
-            key, size = batch[0].key, len(batch[0].pixels)
+            batch = [self._jobs.popleft()]
+            size = len(batch[0].pixels)
             deadline = time.perf_counter() + self._max_delay
             while size < self._max_batch:
                 if self._jobs:
                     following = self._jobs[0]
-                    if following.key != key or size + len(following.pixels) > self._max_batch:
+                    if following.key != batch[0].key or size + len(following.pixels) > (
+                        self._max_batch
+                    ):
                         break
-                    batch.append(self._take())
+                    batch.append(self._jobs.popleft())
                     size += len(following.pixels)
                     continue
                 remaining = deadline - time.perf_counter()
                 if self._expected == 0 or remaining <= 0 or self._stopping:
                     break
-                self._forming, self._room, self._forming_key = True, self._max_batch - size, key
                 self._cond.wait(remaining)
-                self._forming, self._forming_key = False, None
             self._queued_images -= size
             return batch
-
-    def _take(self) -> _Job[Key]:
-        job = self._jobs.popleft()
-        self._waiting_images -= len(job.pixels)
-        return job
 
     def _execute(self, batch: list[_Job[Key]]) -> None:
         started = time.perf_counter()
