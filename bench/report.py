@@ -115,7 +115,13 @@ def _header(results: Results) -> list[str]:
         f"- Machine: {ctx['cpu']}, {ctx['cores']} cores; Python {ctx['python']}, "
         f"torch {ctx['torch']}",
         f"- Load average (1/5/15 min) before the run: **{results.load_before}**; after it: "
-        f"{results.load_after} (the run itself keeps both cores busy)",
+        f"{results.load_after} (the run itself keeps both cores busy)"
+        + (
+            f"; run at niceness {ctx['nice']} (server, wrk and model limit alike) so that "
+            "other work on the machine disturbs it less"
+            if ctx.get("nice", "0") != "0"
+            else ""
+        ),
         "- Server: real gunicorn with the production config (`service/gunicorn_conf.py`, gthread) "
         f"and default settings: {ctx['workers']} workers x {ctx['threads']} threads, "
         f"{ctx['torch_threads']} torch thread(s) per worker, max batch {ctx['max_batch_size']}, "

@@ -308,6 +308,7 @@ def _context(defaults: Settings) -> dict[str, str]:
         "max_batch_size": str(defaults.max_batch_size),
         "max_batch_delay_ms": f"{defaults.max_batch_delay_ms:g}",
         "precision": defaults.precision,
+        "nice": str(os.nice(0)),
     }
 
 
