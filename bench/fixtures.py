@@ -18,22 +18,11 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from models.cnn import CNN, CNNConfig
+from models.data import DEFAULT_FASHION_MNIST_DIR as FASHION_MNIST_DIR
+from models.data import FASHION_MNIST_CLASSES
 from models.transforms import Preprocessing
 
 DEFAULT_CHECKPOINT = Path("checkpoints/model.pt")
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
 # The Fashion-MNIST training set's mean and std (what convserve-train computes).
 _FASHION_MNIST_MEAN = (0.2860,)
 _FASHION_MNIST_STD = (0.3530,)
@@ -70,7 +59,7 @@ def _small(workdir: Path) -> Scenario:
         preprocessing = Preprocessing(
             mode="L", mean=_FASHION_MNIST_MEAN, std=_FASHION_MNIST_STD, background=0
         )
-        _save_fresh(CNNConfig(), preprocessing, FASHION_MNIST_CLASSES, "small", checkpoint)
+        _save_fresh(CNNConfig(), preprocessing, list(FASHION_MNIST_CLASSES), "small", checkpoint)
     body = workdir / "small.png"
     body.write_bytes(_encode(_fashion_image(), "PNG", optimize=True))
     return Scenario(
