@@ -30,7 +30,6 @@ def create_app(settings: Settings | None = None, *, start_engine: bool = True) -
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
     engine = Engine(settings)
     app.extensions["convserve.settings"] = settings
     app.extensions["convserve.engine"] = engine

@@ -31,6 +31,14 @@ def _settings() -> Settings:
     return settings
 
 
+def _serving_model(engine: Engine) -> LoadedModel:
+    """The model serving now; a 503 problem with Retry-After before one is loaded."""
+    model = engine.model
+    if model is None:
+        raise Problem(503, "not-ready", "The model is not loaded yet.", {"Retry-After": "1"})
+    return model
+
+
 def json_response(body: Any, status: int = 200) -> Response:
     """A UTF-8 JSON response encoded with orjson."""
     return Response(orjson.dumps(body), status=status, mimetype="application/json")
@@ -41,9 +49,7 @@ def predict() -> Response:
     """Classifies every uploaded image; see DESIGN.md for the body types and the answer."""
     settings, engine = _settings(), _engine()
     top_k = _parse_top_k(request.args.get("top_k"))
-    model = engine.model
-    if model is None:
-        raise Problem(503, "not-ready", "The model is not loaded yet.", {"Retry-After": "1"})
+    model = _serving_model(engine)
     with engine.request():
         files = read_uploads(request, settings)
         decode_started = time.perf_counter()
@@ -80,10 +86,7 @@ def predict() -> Response:
 @api.get("/v1/model")
 def model_info() -> Response:
     """Everything about the model being served."""
-    model = _engine().model
-    if model is None:
-        raise Problem(503, "not-ready", "The model is not loaded yet.", {"Retry-After": "1"})
-    return json_response(describe_model(model, _settings()))
+    return json_response(describe_model(_serving_model(_engine()), _settings()))
 
 
 @api.get("/healthz")
