@@ -1,9 +1,14 @@
 """Dynamic batching: concurrent requests in one worker share forward passes.
 
-Request threads submit uint8 image tensors; one batcher thread gathers them into a batch of at
-most `max_batch_size` images and runs it. It waits up to `max_delay_s` for more images only while
-other requests are still decoding (announced with `expect()`), so a lone request never waits.
-A bounded queue sheds load with `Overloaded` instead of growing without limit.
+Leader/follower, with no batcher thread of its own: the request thread that waits for its
+result while no forward pass is running becomes the leader. It gathers the oldest queued jobs
+that share a key into a batch of at most `max_batch_size` images, waiting up to `max_delay_s`
+for more only while other requests are still decoding (announced with `expect()`), runs the
+batch, hands every job its rows and repeats until its own jobs are done; then it passes the
+lead to the owner of the oldest queued job. A lone request thus runs its forward pass in its
+own thread, with no hand-off between threads; under load there is one hand-off per batch, and
+never more than one forward pass at a time per worker. A bounded queue sheds load with
+`Overloaded` instead of growing without limit.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -31,22 +35,58 @@ class Overloaded(Exception):
 
 @dataclass(frozen=True)
 class BatchResult:
-    """Rows of the model output for one job, with the timings of the pass(es) that made them."""
+    """Rows of the model output for one job, with the timings of the pass that made them."""
 
     outputs: torch.Tensor
     queue_s: float
     inference_s: float
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job(Generic[Key]):
     key: Key
     pixels: torch.Tensor
-    future: Future[BatchResult] = field(default_factory=Future)
+    ticket: Ticket[Key]
     enqueued: float = field(default_factory=time.perf_counter)
+    queued: bool = True
+    result: BatchResult | None = None
+    error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None or self.error is not None
 
 
 RunBatch = Callable[[Key, torch.Tensor], torch.Tensor]
+
+
+class Ticket(Generic[Key]):
+    """The jobs of one submit(); result() waits for them, leading forward passes when due."""
+
+    def __init__(self, batcher: Batcher[Key]) -> None:
+        self._batcher = batcher
+        self.jobs: list[_Job[Key]] = []
+        self.wake = threading.Event()
+
+    @property
+    def done(self) -> bool:
+        """True once every job has its rows or its error."""
+        return all(job.done for job in self.jobs)
+
+    def result(self, timeout_s: float) -> list[BatchResult]:
+        """Each job's result in order; re-raises the forward pass's exception.
+
+        Raises TimeoutError after `timeout_s` seconds of waiting (jobs not started by then are
+        withdrawn from the queue).
+        """
+        self._batcher.wait(self, timeout_s)
+        results: list[BatchResult] = []
+        for job in self.jobs:
+            if job.error is not None:
+                raise job.error
+            assert job.result is not None
+            results.append(job.result)
+        return results
 
 
 class Batcher(Generic[Key]):
@@ -71,87 +111,108 @@ class Batcher(Generic[Key]):
         self._jobs: deque[_Job[Key]] = deque()
         self._queued_images = 0
         self._expected = 0
-        self._cond = threading.Condition()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Starts the batcher thread (idempotent)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Lets queued jobs finish, then ends the thread."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._lock = threading.Lock()
+        self._arrivals = threading.Condition(self._lock)
+        self._leading = False
 
     @contextmanager
     def expect(self) -> Iterator[None]:
         """Marks a request that will submit soon, so a forming batch waits for it."""
-        with self._cond:
+        with self._lock:
             self._expected += 1
         try:
             yield
         finally:
-            with self._cond:
+            with self._lock:
                 self._expected -= 1
-                self._cond.notify_all()
+                self._arrivals.notify()
 
-    def submit(self, key: Key, pixels: torch.Tensor) -> list[Future[BatchResult]]:
-        """Queues (N, C, H, W) pixels in chunks of at most max_batch_size.
+    def submit(self, key: Key, pixels: torch.Tensor) -> Ticket[Key]:
+        """Queues (N, C, H, W) pixels in chunks of at most max_batch_size; result() runs them.
 
         Raises Overloaded, queueing nothing, when they do not fit in the queue.
         """
-        chunks = list(torch.split(pixels, self._max_batch))
-        jobs = [_Job(key, chunk) for chunk in chunks]
-        with self._cond:
-            if self._stopping:
-                raise Overloaded("the worker is shutting down")
+        ticket = Ticket(self)
+        ticket.jobs = [_Job(key, chunk, ticket) for chunk in torch.split(pixels, self._max_batch)]
+        with self._lock:
             if self._queued_images + len(pixels) > self._max_queue:
                 raise Overloaded(f"{self._queued_images} images are already queued")
-            self._jobs.extend(jobs)
+            self._jobs.extend(ticket.jobs)
             self._queued_images += len(pixels)
-            self._cond.notify_all()
-        return [job.future for job in jobs]
+            self._arrivals.notify()
+        return ticket
 
-    def _loop(self) -> None:
+    def wait(self, ticket: Ticket[Key], timeout_s: float) -> None:
+        """Returns once every job of `ticket` is done, leading forward passes when no one does.
+
+        Raises TimeoutError after `timeout_s` seconds, withdrawing the jobs not yet started.
+        """
+        deadline = time.monotonic() + timeout_s
         while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            self._execute(batch)
+            with self._lock:
+                ticket.wake.clear()
+                if ticket.done:
+                    return
+                lead = not self._leading
+                self._leading = True
+            if lead:
+                self._lead(ticket)
+                continue
+            remaining = deadline - time.monotonic()
+            if (remaining <= 0 or not ticket.wake.wait(remaining)) and self._withdraw(ticket):
+                raise TimeoutError(f"no forward pass ran within {timeout_s:g}s")
 
-    def _next_batch(self) -> list[_Job[Key]] | None:
-        with self._cond:
-            while not self._jobs:
-                if self._stopping:
-                    return None
-                self._cond.wait()
-            batch = [self._jobs.popleft()]
-            size = len(batch[0].pixels)
-            deadline = time.perf_counter() + self._max_delay
-            while size < self._max_batch:
+    def _lead(self, ticket: Ticket[Key]) -> None:
+        """Runs batches from the head of the queue until `ticket` is done, then passes the lead."""
+        try:
+            while True:
+                with self._lock:
+                    if ticket.done:
+                        return
+                    batch = self._gather()
+                self._execute(batch)
+        finally:
+            with self._lock:
+                self._leading = False
                 if self._jobs:
-                    following = self._jobs[0]
-                    if following.key != batch[0].key or size + len(following.pixels) > (
-                        self._max_batch
-                    ):
-                        break
-                    batch.append(self._jobs.popleft())
-                    size += len(following.pixels)
-                    continue
-                remaining = deadline - time.perf_counter()
-                if self._expected == 0 or remaining <= 0 or self._stopping:
+                    self._jobs[0].ticket.wake.set()
+
+    def _withdraw(self, ticket: Ticket[Key]) -> bool:
+        """Takes the ticket's not yet started jobs off the queue; False if all are done now."""
+        with self._lock:
+            if ticket.done:
+                return False
+            for job in ticket.jobs:
+                if job.queued:
+                    job.queued = False
+                    self._jobs.remove(job)
+                    self._queued_images -= len(job.pixels)
+            return True
+
+    def _gather(self) -> list[_Job[Key]]:
+        """Pops the next batch (called with the lock held, the queue not empty)."""
+        first = self._jobs.popleft()
+        batch, size = [first], len(first.pixels)
+        deadline = time.perf_counter() + self._max_delay
+        while size < self._max_batch:
+            if self._jobs:
+                following = self._jobs[0]
+                if following.key != first.key or size + len(following.pixels) > self._max_batch:
                     break
-                self._cond.wait(remaining)
-            self._queued_images -= size
-            return batch
+                batch.append(self._jobs.popleft())
+                size += len(following.pixels)
+                continue
+            remaining = deadline - time.perf_counter()
+            if self._expected == 0 or remaining <= 0:
+                break
+            self._arrivals.wait(remaining)
+        for job in batch:
+            job.queued = False
+        self._queued_images -= size
+        return batch
 
     def _execute(self, batch: list[_Job[Key]]) -> None:
+        """Runs one batch and gives every job its rows (or the error); wakes their owners."""
         started = time.perf_counter()
         try:
             pixels = torch.cat([job.pixels for job in batch]) if len(batch) > 1 else batch[0].pixels
@@ -159,14 +220,16 @@ class Batcher(Generic[Key]):
         except Exception as exc:
             log.exception("forward pass failed for a batch of %d jobs", len(batch))
             for job in batch:
-                job.future.set_exception(exc)
-            return
-        elapsed = time.perf_counter() - started
-        if self._on_batch is not None:
-            self._on_batch(len(pixels), elapsed)
-        row = 0
-        for job in batch:
-            count = len(job.pixels)
-            result = BatchResult(outputs[row : row + count], started - job.enqueued, elapsed)
-            job.future.set_result(result)
-            row += count
+                job.error = exc
+        else:
+            elapsed = time.perf_counter() - started
+            if self._on_batch is not None:
+                self._on_batch(len(pixels), elapsed)
+            row = 0
+            for job in batch:
+                count = len(job.pixels)
+                job.result = BatchResult(outputs[row : row + count], started - job.enqueued, elapsed)
+                row += count
+        for ticket in {job.ticket for job in batch}:
+            if ticket.done:
+                ticket.wake.set()

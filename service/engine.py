@@ -13,8 +13,6 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +21,14 @@ from torch import nn
 
 from models.checkpoint import Checkpoint, CheckpointError, checkpoint_version, load_checkpoint
 from models.cnn import ModelSummary
-from service import metrics
-from service.batching import Batcher, BatchResult, Overloaded
+from service import heap, metrics
+from service.batching import Batcher, Overloaded, Ticket
 from service.config import Settings
 
 log = logging.getLogger("convserve.engine")
+
+# Seconds between two returns of the heap's free pages to the system (see service/heap.py).
+HEAP_TRIM_INTERVAL_S = 1.0
 
 __all__ = [
     "Engine",
@@ -71,14 +72,17 @@ class PendingPrediction:
     """Images queued for a forward pass; result() waits for their probabilities."""
 
     model: LoadedModel
-    futures: list[Future[BatchResult]]
+    ticket: Ticket[LoadedModel]
     timeout_s: float
 
     def result(self) -> PredictionBatch:
-        """Blocks until every chunk ran; raises NotReady after the request timeout."""
+        """Blocks until every chunk ran (in this thread when no other runs a batch).
+
+        Raises NotReady after the request timeout.
+        """
         try:
-            results = [future.result(timeout=self.timeout_s) for future in self.futures]
-        except FutureTimeout as exc:
+            results = self.ticket.result(self.timeout_s)
+        except TimeoutError as exc:
             raise NotReady("the forward pass did not finish within the request timeout") from exc
         outputs = torch.cat([r.outputs for r in results])
         return PredictionBatch(
@@ -116,7 +120,7 @@ class Engine:
             settings.max_queue_images,
             on_batch=_record_batch,
         )
-        self._watcher: threading.Thread | None = None
+        self._housekeeper: threading.Thread | None = None
 
     @property
     def model(self) -> LoadedModel | None:
@@ -134,27 +138,28 @@ class Engine:
         return None if self._model is not None else self._load_error
 
     def start(self) -> None:
-        """Sets the thread budget, loads the model, starts the batcher and the reload thread.
+        """Sets the thread and heap budget, loads the model and starts the housekeeping thread.
 
         The first load runs before start() returns, so a gunicorn worker accepts connections
         only once its model is warm; when it fails (no file yet, a bad file), the worker still
         serves /healthz and a 503 /readyz while the reload thread keeps trying.
         """
         torch.set_num_threads(self.settings.torch_threads)
+        heap.use_single_arena()
         if self.settings.precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             log.warning("CONVSERVE_PRECISION=bf16 on a CPU without native bf16: expect it slower")
         with contextlib.suppress(RuntimeError):  # allowed once per process, before any work
             torch.set_num_interop_threads(1)
-        self._batcher.start()
         self.reload()
-        if self._watcher is None:
-            self._watcher = threading.Thread(target=self._watch, name="model-loader", daemon=True)
-            self._watcher.start()
+        if self._housekeeper is None:
+            self._housekeeper = threading.Thread(
+                target=self._housekeep, name="housekeeping", daemon=True
+            )
+            self._housekeeper.start()
 
     def stop(self) -> None:
-        """Finishes queued work and stops the background threads."""
+        """Stops the reload thread (requests in flight run their own forward passes)."""
         self._stop.set()
-        self._batcher.stop()
 
     def reload(self) -> bool:
         """Loads the checkpoint when its file changed since the last attempt.
@@ -203,8 +208,8 @@ class Engine:
 
     def submit(self, model: LoadedModel, pixels: torch.Tensor) -> PendingPrediction:
         """Queues (N, C, H, W) uint8 pixels prepared for `model`; raises Overloaded when full."""
-        futures = self._batcher.submit(model, pixels)
-        return PendingPrediction(model, futures, self.settings.request_timeout_s)
+        ticket = self._batcher.submit(model, pixels)
+        return PendingPrediction(model, ticket, self.settings.request_timeout_s)
 
     def forward(self, model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) uint8 pixels -> (N, classes) float32 probabilities, one forward pass.
@@ -242,21 +247,36 @@ class Engine:
         return loaded
 
     def _warm_up(self, model: LoadedModel) -> None:
-        shape = model.checkpoint.config.input_shape
-        for size in sorted({1, self.settings.max_batch_size}):
-            for _ in range(2):
-                self.forward(model, torch.zeros((size, *shape), dtype=torch.uint8))
+        """Runs every batch size once, largest first, so no request pays for a first pass.
 
-    def _watch(self) -> None:
+        oneDNN builds (JIT-compiles) its kernels per input shape on first use; warming each
+        size up front keeps that cost, and the memory it holds, out of the serving time.
+        """
+        shape = model.checkpoint.config.input_shape
+        for size in range(self.settings.max_batch_size, 0, -1):
+            self.forward(model, torch.zeros((size, *shape), dtype=torch.uint8))
+
+    def _housekeep(self) -> None:
+        """Checks the checkpoint every reload_interval_s and trims the heap every second.
+
+        With reload_interval_s = 0 the checkpoint is only checked until a model serves.
+        """
         interval = self.settings.reload_interval_s
+        next_check = time.monotonic()
+        next_trim = next_check + HEAP_TRIM_INTERVAL_S
         while not self._stop.is_set():
-            try:
-                self.reload()
-            except Exception:
-                log.exception("model reload check failed")
-            if interval <= 0 and self._model is not None:
-                return
-            self._stop.wait(interval if interval > 0 else 1.0)
+            now = time.monotonic()
+            if now >= next_check:
+                if interval > 0 or self._model is None:
+                    try:
+                        self.reload()
+                    except Exception:
+                        log.exception("model reload check failed")
+                next_check = now + (interval if interval > 0 else 1.0)
+            if now >= next_trim:
+                heap.trim()
+                next_trim = now + HEAP_TRIM_INTERVAL_S
+            self._stop.wait(max(0.0, min(next_check, next_trim) - time.monotonic()))
 
 
 def prepare_module(module: nn.Module) -> nn.Module:
