@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from flask import Flask
 from PIL import Image
 
@@ -25,8 +27,10 @@ def create_app(settings: Settings | None = None, *, start_engine: bool = True) -
 
     settings = settings or Settings()
     configure_logging(settings)
-    # Pillow's own decompression-bomb guard follows our limit (it is process-wide).
+    # Pillow's own decompression-bomb guard follows our limit (it is process-wide). Its
+    # warning for images just over the limit is noise: service.imaging refuses them with 413.
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes

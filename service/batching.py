@@ -228,7 +228,8 @@ class Batcher(Generic[Key]):
             row = 0
             for job in batch:
                 count = len(job.pixels)
-                job.result = BatchResult(outputs[row : row + count], started - job.enqueued, elapsed)
+                rows = outputs[row : row + count]
+                job.result = BatchResult(rows, started - job.enqueued, elapsed)
                 row += count
         for ticket in {job.ticket for job in batch}:
             if ticket.done:

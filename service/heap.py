@@ -29,6 +29,11 @@ def _glibc() -> ctypes.CDLL | None:
 _LIBC = _glibc()
 
 
+def available() -> bool:
+    """True where the C library is glibc (the only one these knobs exist for)."""
+    return _LIBC is not None
+
+
 def use_single_arena() -> bool:
     """Makes every thread allocate from the main heap; True where glibc allowed it.
 

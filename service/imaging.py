@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import logging
 import time
-import warnings
 
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -71,24 +70,24 @@ def decode_image(
     if not data:
         raise Problem(422, "undecodable-image", "An image part is empty.")
     source = _BudgetedBytes(data, timeout_ms / 1000.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        opened = _open(source, max_pixels, timeout_ms)
-        stored_size = opened.size
-        try:
-            opened.decodermaxblock = DECODE_READ_BLOCK
-            if opened.format in ("JPEG", "MPO"):  # MPO: multi-picture JPEG
-                side = max(preprocessing.width, preprocessing.height)
-                opened.draft(None, (side, side))
-            opened.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise _too_many_pixels(opened.size, max_pixels) from exc
-        except DecodeTimeout as exc:
-            raise _timed_out(opened.format, stored_size, timeout_ms) from exc
-        except Exception as exc:
-            raise Problem(
-                422, "undecodable-image", f"The {opened.format} image could not be decoded."
-            ) from exc
+    opened = _open(source, max_pixels, timeout_ms)
+    stored_size = opened.size
+    try:
+        opened.decodermaxblock = DECODE_READ_BLOCK
+        if opened.format in ("JPEG", "MPO"):  # MPO: multi-picture JPEG
+            side = max(preprocessing.width, preprocessing.height)
+            opened.draft(None, (side, side))
+        opened.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _too_many_pixels(opened.size, max_pixels) from exc
+    except DecodeTimeout as exc:
+        raise _timed_out(opened.format, stored_size, timeout_ms) from exc
+    except Exception as exc:
+        raise Problem(
+            422, "undecodable-image", f"The {opened.format} image could not be decoded."
+        ) from exc
+    if opened.size[0] * opened.size[1] > max_pixels:  # a frame chosen at load (ICO, TIFF)
+        raise _too_many_pixels(opened.size, max_pixels)
     image = _apply_orientation(opened)
     try:
         return preprocessing.to_uint8(image)
