@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from bench import decodecost
+
 if TYPE_CHECKING:
     from bench.run import Results, Row
 
@@ -26,6 +28,20 @@ def http_limit(results: Results, label: str) -> float:
 def limit(results: Results, label: str) -> float:
     """min(HTTP limit, model limit) for the label."""
     return min(http_limit(results, label), results.model_limits[label].best)
+
+
+def ceiling(results: Results, label: str) -> float | None:
+    """Requests/s if a request cost only an echo, a decode and a forward pass (bench.decodecost).
+
+    None when the scenario's decode cost was not measured.
+    """
+    decode_ms = results.decode_ms.get(label.split()[0])
+    if decode_ms is None:
+        return None
+    cores = int(results.context["cores"])
+    return decodecost.ceiling(
+        http_limit(results, label), results.model_limits[label].best, decode_ms, cores
+    )
 
 
 def row(results: Results, label: str, batching: bool, concurrency: int) -> Row | None:
@@ -49,6 +65,17 @@ def targets(results: Results) -> list[tuple[str, str, bool | None]]:
                     f"{name} at c=32 >= {floor:.1f} of the limit",
                     f"{fraction:.2f}",
                     fraction >= floor,
+                )
+            )
+    for name in ("S", "M"):
+        top = ceiling(results, name)
+        if top is not None and name in results.model_limits:
+            checks.append(
+                (
+                    f"{name}: the ceiling (echo + decode + forward, no other cost) as a fraction "
+                    "of the limit, i.e. the best fraction any server could reach here",
+                    f"{top / limit(results, name):.2f}",
+                    None,
                 )
             )
     on, off = row(results, "M", True, 32), row(results, "M", False, 32)
@@ -153,18 +180,25 @@ def _limits(results: Results) -> list[str]:
         "returns constant JSON; it exists only in the benchmark's app factory `bench/app.py`) "
         "with the scenario's body, best of the three concurrencies. Model limit: "
         f"`Engine.forward` (normalize, model, softmax) in {ctx['workers']} processes x "
-        f"{ctx['torch_threads']} torch thread(s), no HTTP, at the best batch size.",
+        f"{ctx['torch_threads']} torch thread(s), no HTTP, at the best batch size. Decode: "
+        "CPU time of `service.imaging.decode_image` on the scenario's body, one thread, no "
+        "HTTP. Ceiling: 1 / (1/HTTP limit + 1/model limit + decode / cores), the rate of a "
+        "server whose requests cost an echo, a decode and a forward pass and nothing else.",
         "",
         "| scenario | HTTP limit req/s | HTTP p50 at c=1 ms | model limit images/s (batch) "
-        "| limit = min |",
-        "|---|---:|---:|---:|---:|",
+        "| limit = min | decode ms | ceiling req/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for label, model in results.model_limits.items():
         echo1 = results.echo.get((label.split()[0], 1))
+        decode_ms = results.decode_ms.get(label.split()[0])
+        top = ceiling(results, label)
         lines.append(
             f"| {label} | {http_limit(results, label):,.0f} | "
             f"{f'{echo1.p50_ms:.2f}' if echo1 else '-'} | "
-            f"{model.best:,.0f} ({model.best_batch}) | {limit(results, label):,.0f} |"
+            f"{model.best:,.0f} ({model.best_batch}) | {limit(results, label):,.0f} | "
+            f"{f'{decode_ms:.3f}' if decode_ms is not None else '-'} | "
+            f"{f'{top:,.0f}' if top is not None else '-'} |"
         )
     return lines
 
@@ -175,26 +209,29 @@ def _rows(results: Results) -> list[str]:
         "## Scenarios",
         "",
         "| scenario | batching | concurrency | req/s | p50 ms | p99 ms | non-2xx | socket errors "
-        "| images per forward pass | fraction of limit |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| images per forward pass | fraction of limit | fraction of ceiling |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for scenario in results.scenarios:
         for (name, concurrency), r in sorted(results.echo.items()):
             if name == scenario.name:
                 lines.append(
                     f"| {name} HTTP limit (echo) | - | {concurrency} | {r.rps:,.0f} | "
-                    f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.non_2xx} | {r.socket_errors} | - | - |"
+                    f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.non_2xx} | {r.socket_errors} "
+                    "| - | - | - |"
                 )
         for found in results.rows:
             if found.scenario.split()[0] != scenario.name:
                 continue
             r = found.result
             mean = f"{found.mean_batch:.1f}" if found.mean_batch is not None else "-"
+            top = ceiling(results, found.scenario)
             lines.append(
                 f"| {found.scenario} | {'on' if found.batching else 'off'} | "
                 f"{found.concurrency} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
                 f"{r.non_2xx} | {r.socket_errors} | {mean} | "
-                f"{r.rps / limit(results, found.scenario):.2f} |"
+                f"{r.rps / limit(results, found.scenario):.2f} | "
+                f"{f'{r.rps / top:.2f}' if top else '-'} |"
             )
     lines += ["", "## Targets (issue 5)", "", "| target | measured | met |", "|---|---:|---|"]
     for target, measured, met in targets(results):
@@ -210,10 +247,11 @@ def _rest(results: Results) -> list[str]:
             "",
             "## Worker memory (batching on, c=32)",
             "",
-            "RSS of each gunicorn worker after warm-up and the measured rows, then after that "
-            "many more requests.",
+            "Idle RSS of each gunicorn worker (read 2.5 s after the load stopped, past a heap "
+            "trim) after warm-up and the measured rows, then after that many more requests.",
             "",
-            "| scenario | worker | RSS after warm-up MiB | RSS after the requests MiB | requests "
+            "| scenario | worker | idle RSS after warm-up MiB | idle RSS after the requests MiB "
+            "| requests "
             "| change MiB |",
             "|---|---:|---:|---:|---:|---:|",
         ]

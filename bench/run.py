@@ -21,14 +21,17 @@ import requests
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import fixtures, load, modellimit, report
+from bench import decodecost, fixtures, load, modellimit, report
 from bench.fixtures import Scenario
 from service.config import Settings
+from service.engine import HEAP_TRIM_INTERVAL_S
 from tests.server import REPO, Server
 
 CONCURRENCY = (1, 8, 32)
 ECHO_APP = "bench.app:create_app()"
 PRODUCT_APP = "service:create_app()"
+# Seconds a worker idles before its RSS is read: past a heap trim (service.engine).
+IDLE_S = 2 * HEAP_TRIM_INTERVAL_S + 0.5
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class Results:
     context: dict[str, str] = field(default_factory=dict)
     scenarios: list[Scenario] = field(default_factory=list)
     model_limits: dict[str, modellimit.ModelLimit] = field(default_factory=dict)
+    decode_ms: dict[str, float] = field(default_factory=dict)
     echo: dict[tuple[str, int], load.LoadResult] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
     memory: list[Memory] = field(default_factory=list)
@@ -153,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         _say(f"  best {results.model_limits[label].best:.0f} images/s")
 
+    for scenario in results.scenarios:
+        results.decode_ms[scenario.name] = decodecost.measure(scenario, args.limit_seconds)
+        _say(f"decode {scenario.name}: {results.decode_ms[scenario.name]:.3f} ms per image")
+
     first = results.scenarios[0]
     echo_env = {**server_env, "CONVSERVE_MODEL_PATH": str(first.checkpoint)}
     with _serve(workdir, echo_env, ECHO_APP) as server:
@@ -212,18 +220,22 @@ def _drive(
 
 
 def _memory(server: Server, url: str, scenario: Scenario, count: int, rate: float) -> Memory:
-    """RSS of each worker now (warmed up by the rows) and after exactly `count` more requests.
+    """Idle RSS of each worker now (warmed up by the rows) and after exactly `count` more requests.
 
+    Idle: read IDLE_S after the load stopped, once the engine trimmed the heap, so the numbers
+    compare what a worker keeps, not the activations of the batch in flight at that instant.
     wrk runs for its whole duration even once the script stopped sending, so the duration is
     sized from the measured rate, and topped up if it fell short.
     """
     pids = sorted(server.worker_pids())
+    time.sleep(IDLE_S)
     before = {pid: _rss_kb(pid) for pid in pids}
     sent = 0
     while sent < count:
         remaining = count - sent
         seconds = min(300.0, 1.0 + 1.15 * remaining / max(rate, 1.0))
         sent += _drive(url, scenario, 32, seconds, remaining).requests
+    time.sleep(IDLE_S)
     after = {pid: _rss_kb(pid) for pid in pids}
     _say(f"memory {scenario.name}: {sent} requests, RSS {before} -> {after} kB")
     return Memory(scenario.name, sent, before, after)
