@@ -47,6 +47,7 @@ class _Job(Generic[Key]):
     key: Key
     pixels: torch.Tensor
     ticket: Ticket[Key]
+    size: int
     enqueued: float = field(default_factory=time.perf_counter)
     queued: bool = True
     result: BatchResult | None = None
@@ -132,13 +133,15 @@ class Batcher(Generic[Key]):
 
         Raises Overloaded, queueing nothing, when they do not fit in the queue.
         """
+        count = pixels.shape[0]
+        chunks = torch.split(pixels, self._max_batch) if count > self._max_batch else (pixels,)
         ticket = Ticket(self)
-        ticket.jobs = [_Job(key, chunk, ticket) for chunk in torch.split(pixels, self._max_batch)]
+        ticket.jobs = [_Job(key, chunk, ticket, chunk.shape[0]) for chunk in chunks]
         with self._lock:
-            if self._queued_images + len(pixels) > self._max_queue:
+            if self._queued_images + count > self._max_queue:
                 raise Overloaded(f"{self._queued_images} images are already queued")
             self._jobs.extend(ticket.jobs)
-            self._queued_images += len(pixels)
+            self._queued_images += count
             self._arrivals.notify()
         return ticket
 
@@ -186,21 +189,21 @@ class Batcher(Generic[Key]):
                 if job.queued:
                     job.queued = False
                     self._jobs.remove(job)
-                    self._queued_images -= len(job.pixels)
+                    self._queued_images -= job.size
             return True
 
     def _gather(self) -> list[_Job[Key]]:
         """Pops the next batch (called with the lock held, the queue not empty)."""
         first = self._jobs.popleft()
-        batch, size = [first], len(first.pixels)
+        batch, size = [first], first.size
         deadline = time.perf_counter() + self._max_delay
         while size < self._max_batch:
             if self._jobs:
                 following = self._jobs[0]
-                if following.key != first.key or size + len(following.pixels) > self._max_batch:
+                if following.key != first.key or size + following.size > self._max_batch:
                     break
                 batch.append(self._jobs.popleft())
-                size += len(following.pixels)
+                size += following.size
                 continue
             remaining = deadline - time.perf_counter()
             if self._expected == 0 or remaining <= 0:
@@ -224,13 +227,12 @@ class Batcher(Generic[Key]):
         else:
             elapsed = time.perf_counter() - started
             if self._on_batch is not None:
-                self._on_batch(len(pixels), elapsed)
+                self._on_batch(pixels.shape[0], elapsed)
             row = 0
             for job in batch:
-                count = len(job.pixels)
-                rows = outputs[row : row + count]
+                rows = outputs[row : row + job.size]
                 job.result = BatchResult(rows, started - job.enqueued, elapsed)
-                row += count
+                row += job.size
         for ticket in {job.ticket for job in batch}:
             if ticket.done:
                 ticket.wake.set()

@@ -84,10 +84,10 @@ class PendingPrediction:
             results = self.ticket.result(self.timeout_s)
         except TimeoutError as exc:
             raise NotReady("the forward pass did not finish within the request timeout") from exc
-        outputs = torch.cat([r.outputs for r in results])
+        probabilities = [row for r in results for row in r.outputs.tolist()]
         return PredictionBatch(
             model=self.model,
-            probabilities=outputs.tolist(),
+            probabilities=probabilities,
             queue_s=max(r.queue_s for r in results),
             inference_s=sum(r.inference_s for r in results),
         )
