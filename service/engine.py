@@ -142,7 +142,7 @@ class Engine:
 
         The first load runs before start() returns, so a gunicorn worker accepts connections
         only once its model is warm; when it fails (no file yet, a bad file), the worker still
-        serves /healthz and a 503 /readyz while the reload thread keeps trying.
+        serves /healthz and a 503 /readyz while the housekeeping thread keeps trying.
         """
         torch.set_num_threads(self.settings.torch_threads)
         heap.use_single_arena()
@@ -158,7 +158,7 @@ class Engine:
             self._housekeeper.start()
 
     def stop(self) -> None:
-        """Stops the reload thread (requests in flight run their own forward passes)."""
+        """Stops the housekeeping thread (requests in flight run their own forward passes)."""
         self._stop.set()
 
     def reload(self) -> bool:

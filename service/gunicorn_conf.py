@@ -11,9 +11,8 @@ import os
 import shutil
 from typing import Any
 
-from gunicorn.workers.gthread import ThreadWorker
-
 from service.config import Settings
+from service.worker import ServiceWorker
 
 _settings = Settings()
 
@@ -24,28 +23,7 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_settings.metrics_dir)
 bind = _settings.bind
 workers = _settings.workers
 threads = _settings.threads
-
-
-class DrainingThreadWorker(ThreadWorker):
-    """gthread, but a SIGTERM closes the listening sockets at once, not after the drain.
-
-    Plain gthread only stops accepting; the kernel keeps queueing new connections on the
-    still-open socket and resets them when the drain ends. Closed at once (the master closes
-    its copies too), new connections are refused while in-flight requests finish. The close
-    happens in the main loop right after the signal (not in the signal handler, which could
-    race an accept of the same socket), and only closes this process's copy, so on a HUP
-    reload the new workers keep listening.
-    """
-
-    def set_accept_enabled(self, enabled: bool) -> None:
-        """Stops or starts accepting; stopping for good (shutdown) also closes the listeners."""
-        super().set_accept_enabled(enabled)
-        if not enabled and not self.alive:
-            for listener in self.sockets:
-                listener.close()
-
-
-worker_class = DrainingThreadWorker
+worker_class = ServiceWorker
 timeout = _settings.worker_timeout_s
 graceful_timeout = _settings.graceful_timeout_s
 keepalive = 5
@@ -92,7 +70,7 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    """Lets the worker's engine finish queued forward passes before the process ends."""
+    """Stops the engine's housekeeping thread as the worker exits (its requests are done)."""
     app = getattr(worker, "wsgi", None)
     engine = getattr(app, "extensions", {}).get("convserve.engine")
     if engine is not None:
