@@ -12,7 +12,7 @@ import shutil
 from typing import Any
 
 from service.config import Settings
-from service.worker import ServiceWorker
+from service.worker import BOARD, ServiceWorker
 
 _settings = Settings()
 
@@ -62,11 +62,17 @@ def on_starting(server: Any) -> None:
     directory.mkdir(parents=True)
 
 
+def pre_fork(server: Any, worker: Any) -> None:
+    """Gives the worker its slot on the connection board (service.worker) before the fork."""
+    worker.board_slot = BOARD.claim()
+
+
 def child_exit(server: Any, worker: Any) -> None:
-    """Drops the live-gauge samples of a worker that exited (killed, restarted or stopped)."""
+    """Drops the live-gauge samples and the board slot of a worker that exited."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+    BOARD.release(getattr(worker, "board_slot", None))
 
 
 def worker_exit(server: Any, worker: Any) -> None:

@@ -3,21 +3,63 @@
 gunicorn's workers all accept from one listening socket. A burst of new connections (a client
 opening its keep-alive pool) wakes every worker, and the first one awake takes the whole burst:
 with wrk's 32 connections, one of two workers held all 32 in 2 of 6 tries, and the server
-answered a third of the requests it does when they are split. Here a worker that holds as many
-connections as it has threads ("full") steps back from accepting for a few milliseconds, so a
-worker with room takes the next connection; when every worker is full they still accept, one
-connection per pause, so no client is ever starved.
+answered a third of the requests it does when they are split. So every worker posts how many
+connections it holds on a board in memory shared with the master, and a worker that holds more
+than another worker steps back from accepting for a few milliseconds, leaving the next
+connection to the less loaded one. Each pause is short and the worker accepts again after it,
+so no connection waits on a worker that cannot take it.
 """
 
 from __future__ import annotations
 
+import mmap
 import socket
 import time
 
 from gunicorn.workers.gthread import ThreadWorker
 
-# How long a full worker leaves new connections to the others, seconds.
+# How long a worker that is ahead leaves new connections to the others, seconds.
 ACCEPT_PAUSE_S = 0.005
+_FREE = -1
+
+
+class ConnectionBoard:
+    """Connections held per worker slot, in an anonymous mapping shared across fork().
+
+    The master claims a slot for each worker before forking it and frees it when the worker
+    exits; the worker posts its count. Reads and writes of one aligned int need no lock.
+    """
+
+    def __init__(self, slots: int = 64) -> None:
+        self._map = mmap.mmap(-1, 4 * slots)
+        self._counts = memoryview(self._map).cast("i")
+        for slot in range(slots):
+            self._counts[slot] = _FREE
+
+    def claim(self) -> int | None:
+        """A free slot, now counting 0 connections (master only); None when all are taken."""
+        for slot, count in enumerate(self._counts):
+            if count == _FREE:
+                self._counts[slot] = 0
+                return slot
+        return None
+
+    def release(self, slot: int | None) -> None:
+        """Frees the slot of an exited worker (master only)."""
+        if slot is not None:
+            self._counts[slot] = _FREE
+
+    def post(self, slot: int, connections: int) -> None:
+        """Records how many connections the worker in `slot` holds."""
+        self._counts[slot] = connections
+
+    def fewest_elsewhere(self, slot: int) -> int | None:
+        """The smallest count among the other workers; None when there are none."""
+        others = [c for s, c in enumerate(self._counts) if c != _FREE and s != slot]
+        return min(others) if others else None
+
+
+BOARD = ConnectionBoard()
 
 
 class ServiceWorker(ThreadWorker):
@@ -31,26 +73,35 @@ class ServiceWorker(ThreadWorker):
     reload the new workers keep listening.
     """
 
+    # Set by gunicorn_conf.pre_fork in the master; None leaves accepting as in plain gthread.
+    board_slot: int | None = None
     _resume_accepting_at = 0.0
 
-    @property
-    def full(self) -> bool:
-        """True while this worker holds at least as many connections as it has threads."""
-        return bool(self.nr_conns >= self.cfg.threads)
+    def _ahead(self) -> bool:
+        """True while another worker holds fewer connections than this one."""
+        if self.board_slot is None:
+            return False
+        fewest = BOARD.fewest_elsewhere(self.board_slot)
+        return fewest is not None and self.nr_conns > fewest
+
+    def _post(self) -> None:
+        if self.board_slot is not None:
+            BOARD.post(self.board_slot, self.nr_conns)
 
     def accept(self, listener: socket.socket) -> None:
-        """Accepts one connection; a worker that is now full pauses accepting."""
+        """Accepts one connection; a worker now ahead of another pauses accepting."""
         super().accept(listener)
-        if self.full:
+        self._post()
+        if self._ahead():
             self._resume_accepting_at = time.monotonic() + ACCEPT_PAUSE_S
             self.set_accept_enabled(False)
 
     def set_accept_enabled(self, enabled: bool) -> None:
         """Stops or starts accepting; stopping for good (shutdown) also closes the listeners.
 
-        Starting is put off while the worker is full and its pause has not yet run out.
+        Starting is put off while the pause runs and the worker is still ahead.
         """
-        if enabled and self.full and time.monotonic() < self._resume_accepting_at:
+        if enabled and time.monotonic() < self._resume_accepting_at and self._ahead():
             return
         super().set_accept_enabled(enabled)
         if not enabled and not self.alive:
@@ -58,7 +109,8 @@ class ServiceWorker(ThreadWorker):
                 listener.close()
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
-        """gthread's event wait, cut short so that a paused worker resumes accepting on time."""
+        """gthread's event wait, after posting the count; cut short to end a pause on time."""
+        self._post()
         pause_left = self._resume_accepting_at - time.monotonic()
         if pause_left > 0 and not self._accepting:
             timeout = min(timeout, pause_left)
