@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -132,37 +134,36 @@ class Gate:
         return pixels.flatten(1).float()
 
 
-def test_full_queue_raises_overloaded_and_queues_nothing() -> None:
+@contextmanager
+def leader_blocked_in_forward() -> Iterator[Batcher[str]]:
+    """A batcher (batches and queue of 4) whose leader holds 4 images in a gated forward pass."""
     gate = Gate()
     batcher: Batcher[str] = Batcher(gate, 4, 0.0, 4)
     with ThreadPoolExecutor(1) as pool:
         leader = pool.submit(lambda: batcher.submit("old", images(0, 4)).result(5))
         try:
             assert gate.entered.wait(5)
-            queued = batcher.submit("old", images(0, 4))
-            with pytest.raises(Overloaded):
-                batcher.submit("old", images(0, 1))
+            yield batcher
         finally:
             gate.release.set()
         assert len(leader.result(5)[0].outputs) == 4
+
+
+def test_full_queue_raises_overloaded_and_queues_nothing() -> None:
+    with leader_blocked_in_forward() as batcher:
+        queued = batcher.submit("old", images(0, 4))
+        with pytest.raises(Overloaded):
+            batcher.submit("old", images(0, 1))
     assert len(queued.result(5)[0].outputs) == 4
     assert len(batcher.submit("old", images(0, 1)).result(5)[0].outputs) == 1
 
 
 def test_a_timed_out_request_leaves_the_queue() -> None:
-    gate = Gate()
-    batcher: Batcher[str] = Batcher(gate, 4, 0.0, 4)
-    with ThreadPoolExecutor(1) as pool:
-        leader = pool.submit(lambda: batcher.submit("old", images(0, 4)).result(5))
-        try:
-            assert gate.entered.wait(5)
-            waiting = batcher.submit("old", images(0, 4))
-            with pytest.raises(TimeoutError):
-                waiting.result(0.05)
-            later = batcher.submit("old", images(0, 4))  # fits: the timed-out images left
-        finally:
-            gate.release.set()
-        leader.result(5)
+    with leader_blocked_in_forward() as batcher:
+        waiting = batcher.submit("old", images(0, 4))
+        with pytest.raises(TimeoutError):
+            waiting.result(0.05)
+        later = batcher.submit("old", images(0, 4))  # fits: the timed-out images left
     assert len(later.result(5)[0].outputs) == 4
 
 
