@@ -86,8 +86,7 @@ def decode_image(
         raise Problem(
             422, "undecodable-image", f"The {opened.format} image could not be decoded."
         ) from exc
-    if opened.size[0] * opened.size[1] > max_pixels:  # a frame chosen at load (ICO, TIFF)
-        raise _too_many_pixels(opened.size, max_pixels)
+    _check_pixels(opened.size, max_pixels)  # again: a frame chosen at load (ICO, TIFF)
     image = _apply_orientation(opened)
     try:
         return preprocessing.to_uint8(image)
@@ -117,9 +116,14 @@ def _open(source: _BudgetedBytes, max_pixels: int, timeout_ms: float) -> ImageFi
     width, height = image.size
     if width <= 0 or height <= 0:
         raise Problem(422, "undecodable-image", f"The image is {width}x{height} pixels.")
-    if width * height > max_pixels:
-        raise _too_many_pixels(image.size, max_pixels)
+    _check_pixels(image.size, max_pixels)
     return image
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    """Raises Problem 413 when an image of `size` has more than `max_pixels` pixels."""
+    if size[0] * size[1] > max_pixels:
+        raise _too_many_pixels(size, max_pixels)
 
 
 def _too_many_pixels(size: tuple[int, int], max_pixels: int) -> Problem:
