@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -64,9 +64,9 @@ RunBatch = Callable[[Key, torch.Tensor], torch.Tensor]
 class Ticket(Generic[Key]):
     """The jobs of one submit(); result() waits for them, leading forward passes when due."""
 
-    def __init__(self, batcher: Batcher[Key]) -> None:
+    def __init__(self, batcher: Batcher[Key], key: Key, chunks: Sequence[torch.Tensor]) -> None:
         self._batcher = batcher
-        self.jobs: list[_Job[Key]] = []
+        self.jobs = [_Job(key, chunk, self, chunk.shape[0]) for chunk in chunks]
         self.wake = threading.Event()
 
     @property
@@ -135,8 +135,7 @@ class Batcher(Generic[Key]):
         """
         count = pixels.shape[0]
         chunks = torch.split(pixels, self._max_batch) if count > self._max_batch else (pixels,)
-        ticket = Ticket(self)
-        ticket.jobs = [_Job(key, chunk, ticket, chunk.shape[0]) for chunk in chunks]
+        ticket = Ticket(self, key, chunks)
         with self._lock:
             if self._queued_images + count > self._max_queue:
                 raise Overloaded(f"{self._queued_images} images are already queued")
