@@ -2,7 +2,8 @@
 
 Order: the model limits (in-process), then one echo server (the HTTP limit) and, per scenario,
 one product server with batching on and one with batching off, each driven by wrk at every
-concurrency. Worker memory is read after a warm-up and again after 10,000 more requests.
+concurrency, and the tuned peer (bench/peer.py) at 8 and 32. Worker memory is read after a
+warm-up and again after 10,000 more requests.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import requests
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import decodecost, fixtures, load, modellimit, report
+from bench import decodecost, fixtures, load, modellimit, peer, report
 from bench.fixtures import Scenario
 from service.config import Settings
 from service.engine import HEAP_TRIM_INTERVAL_S
 from tests.server import REPO, Server
 
 CONCURRENCY = (1, 8, 32)
+PEER_CONCURRENCY = (8, 32)
 ECHO_APP = "bench.app:create_app()"
 PRODUCT_APP = "service:create_app()"
 # Seconds a worker idles before its RSS is read: past a heap trim (service.engine).
@@ -92,6 +94,7 @@ class Results:
     decode_ms: dict[str, float] = field(default_factory=dict)
     echo: dict[tuple[str, int], load.LoadResult] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
+    peer: dict[tuple[str, int], load.LoadResult] = field(default_factory=dict)
     memory: list[Memory] = field(default_factory=list)
 
 
@@ -190,6 +193,16 @@ def main(argv: list[str] | None = None) -> int:
                 rate = results.rows[-1].result.rps
                 results.memory.append(_memory(server, url, scenario, args.memory_requests, rate))
 
+    for scenario in results.scenarios:
+        app = f'bench.peer:create_app("{scenario.checkpoint}")'
+        with _serve(workdir, {}, app, sync_workers=defaults.workers) as server:
+            url = server.url + peer.PREDICT_PATH
+            for concurrency in PEER_CONCURRENCY:
+                _drive(url, scenario, concurrency, args.warmup, 0)
+                result = _drive(url, scenario, concurrency, args.seconds, 0)
+                results.peer[(scenario.name, concurrency)] = result
+                _say(f"peer {scenario.name} c={concurrency}: {_brief(result)}")
+
     results.load_after = _loadavg()
     text = report.render(results)
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -203,8 +216,10 @@ def main(argv: list[str] | None = None) -> int:
 class _serve:
     """Context manager: a gunicorn server with the production config, stopped on exit."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], app: str) -> None:
-        self.server = Server(workdir, env, app)
+    def __init__(
+        self, workdir: Path, env: dict[str, str], app: str, sync_workers: int | None = None
+    ) -> None:
+        self.server = Server(workdir, env, app, sync_workers)
 
     def __enter__(self) -> Server:
         return self.server.start(timeout=120)

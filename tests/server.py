@@ -29,12 +29,19 @@ class Server:
 
     `env` holds CONVSERVE_* overrides; stderr (the JSON logs) goes to `log_path`. `app` is the
     gunicorn application (the benchmark serves its own factory with the same config).
+    `sync_workers` replaces the production config by that many plain sync workers and nothing
+    else (the benchmark's tuned peer, bench/peer.py).
     """
 
     def __init__(
-        self, workdir: Path, env: dict[str, str], app: str = "service:create_app()"
+        self,
+        workdir: Path,
+        env: dict[str, str],
+        app: str = "service:create_app()",
+        sync_workers: int | None = None,
     ) -> None:
         self.app = app
+        self.sync_workers = sync_workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"gunicorn-{self.port}.log"
@@ -52,16 +59,14 @@ class Server:
 
     def start(self, wait_ready: bool = True, timeout: float = 60.0) -> Server:
         """Starts gunicorn; waits (bounded) for /readyz 200 or, if not wait_ready, /healthz."""
+        if self.sync_workers is None:
+            config = ["-c", "python:service.gunicorn_conf"]
+        else:
+            bind = self.url.removeprefix("http://")
+            config = ["-b", bind, "-w", str(self.sync_workers), "-k", "sync"]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "-c",
-                    "python:service.gunicorn_conf",
-                    self.app,
-                ],
+                [sys.executable, "-m", "gunicorn", *config, self.app],
                 cwd=REPO,
                 env=self.env,
                 stdout=log,
