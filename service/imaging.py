@@ -145,9 +145,12 @@ def _timed_out(fmt: str | None, size: tuple[int, int] | None, timeout_ms: float)
 
 
 def _apply_orientation(image: Image.Image) -> Image.Image:
-    """EXIF orientation 2-8 applied; an unreadable EXIF block leaves the image as stored."""
+    """EXIF orientation 2-8 applied; an unreadable EXIF block leaves the image as stored.
+
+    In place: the copy exif_transpose returns otherwise is a whole extra image per request.
+    """
     try:
-        return ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)
     except Exception:
         log.debug("ignoring unreadable EXIF orientation", exc_info=True)
-        return image
+    return image

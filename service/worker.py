@@ -1,4 +1,5 @@
-"""The gunicorn worker: gthread that drains cleanly on SIGTERM and shares connections fairly.
+"""The gunicorn worker: gthread that drains cleanly on SIGTERM, shares connections fairly and
+keeps a busy keep-alive connection on its thread.
 
 gunicorn's workers all accept from one listening socket. A burst of new connections (a client
 opening its keep-alive pool) wakes every worker, and the first one awake takes the whole burst:
@@ -8,18 +9,30 @@ connections it holds on a board in memory shared with the master, and a worker t
 than another worker steps back from accepting for a few milliseconds, leaving the next
 connection to the less loaded one. Each pause is short and the worker accepts again after it,
 so no connection waits on a worker that cannot take it.
+
+gthread hands every kept-alive connection back to its event loop after each response, so each
+request costs two hand-offs between threads (and a cold thread) before it is read. Measured with
+wrk at concurrency 1 on the echo route: p50 1.12 ms and 1.14 ms of CPU per request that way,
+0.53 ms and 0.56 ms when the thread that answered waits briefly for the connection's next request
+and reads it itself. So a thread does that for up to KEEPALIVE_HOLD_S, but only while no other
+connection is waiting for a thread: then it hands the connection back as before.
 """
 
 from __future__ import annotations
 
 import mmap
+import select
 import socket
+import threading
 import time
+from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker
 
 # How long a worker that is ahead leaves new connections to the others, seconds.
 ACCEPT_PAUSE_S = 0.005
+# How long a thread waits for the next request on the keep-alive connection it just answered.
+KEEPALIVE_HOLD_S = 0.002
 _FREE = -1
 
 
@@ -76,6 +89,40 @@ class ServiceWorker(ThreadWorker):
     # Set by gunicorn_conf.pre_fork in the master; None leaves accepting as in plain gthread.
     board_slot: int | None = None
     _resume_accepting_at = 0.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Connections handed to the thread pool that no thread has picked up yet.
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
+
+    def enqueue_req(self, conn: Any) -> None:
+        """Hands the connection to the thread pool, counting it as waiting for a thread."""
+        with self._waiting_lock:
+            self._waiting += 1
+        super().enqueue_req(conn)
+
+    def handle(self, conn: Any) -> Any:
+        """gthread's handling of one request, repeated while the connection's next request
+        arrives within KEEPALIVE_HOLD_S and no other connection waits for a thread."""
+        with self._waiting_lock:
+            self._waiting -= 1
+        keepalive = super().handle(conn)
+        while keepalive is True and self._next_request_here(conn):
+            keepalive = super().handle(conn)
+        return keepalive
+
+    def _next_request_here(self, conn: Any) -> bool:
+        if not self.alive or conn.is_http2 or self._waiting:
+            return False
+        # Bytes already read past the last request (pipelining) do not make the socket readable.
+        if not conn.parser.unreader.buf.getvalue():
+            poller = select.poll()
+            poller.register(conn.sock, select.POLLIN)
+            if not poller.poll(KEEPALIVE_HOLD_S * 1000):
+                return False
+        # A connection that queued up meanwhile goes first.
+        return self.alive and not self._waiting
 
     def _ahead(self) -> bool:
         """True while another worker holds fewer connections than this one."""
