@@ -11,6 +11,8 @@ import os
 import shutil
 from typing import Any
 
+from gunicorn.glogging import Logger
+
 from service.config import Settings
 from service.worker import BOARD, ServiceWorker
 
@@ -27,7 +29,7 @@ worker_class = ServiceWorker
 timeout = _settings.worker_timeout_s
 graceful_timeout = _settings.graceful_timeout_s
 keepalive = 5
-# The app writes its own JSON access log with request ids.
+# The app writes its own JSON access log with request ids (see QuietAccessLogger).
 accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level
@@ -52,6 +54,20 @@ logconfig_dict: dict[str, Any] = (
     if _settings.log_format == "json"
     else {}
 )
+
+
+class QuietAccessLogger(Logger):
+    """gunicorn's logger without gunicorn's access log: the app logs each request itself.
+
+    With a logconfig_dict set, gunicorn builds the access-log fields of every request even
+    though no handler prints them.
+    """
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        """Logs nothing."""
+
+
+logger_class = QuietAccessLogger
 
 
 def on_starting(server: Any) -> None:
