@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class _serve:
-    """Context manager: a gunicorn server with the production config, stopped on exit."""
+    """Context manager: a gunicorn server, stopped on exit; the production config unless
+    `sync_workers` asks for the tuned peer's plain sync workers."""
 
     def __init__(
         self, workdir: Path, env: dict[str, str], app: str, sync_workers: int | None = None
