@@ -48,6 +48,7 @@ def json_response(body: Any, status: int = 200) -> Response:
 def predict() -> Response:
     """Classifies every uploaded image; see DESIGN.md for the body types and the answer."""
     settings, engine = _settings(), _engine()
+    _refuse_unknown_query_parameters()
     top_k = _parse_top_k(request.args.get("top_k"))
     model = _serving_model(engine)
     with engine.request():
@@ -163,6 +164,18 @@ def _decode(data: bytes, model: LoadedModel, settings: Settings) -> torch.Tensor
     )
     metrics.DECODE_DURATION.observe(time.perf_counter() - started)
     return pixels
+
+
+def _refuse_unknown_query_parameters() -> None:
+    """A 400 for any query parameter but top_k: a misspelt one (`topk=3`) must not be ignored."""
+    unknown = sorted(set(request.args) - {"top_k"})
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        raise Problem(
+            400,
+            "unknown-query-parameter",
+            f"Unknown query parameter {names}; the only one is top_k.",
+        )
 
 
 def _parse_top_k(raw: str | None) -> int:

@@ -184,6 +184,16 @@ ERROR_CASES: list[tuple[str, dict[str, Any], int]] = [
         {"params": {"top_k": "abc"}, "data": png(), "headers": {"Content-Type": "image/png"}},
         400,
     ),
+    (
+        "misspelt top_k",
+        {"params": {"topk": "3"}, "data": png(), "headers": {"Content-Type": "image/png"}},
+        400,
+    ),
+    (
+        "query parameter without a name",
+        {"params": {"": "0.0"}, "data": png(), "headers": {"Content-Type": "image/png"}},
+        400,
+    ),
     ("text body", {"data": b"hello", "headers": {"Content-Type": "text/plain"}}, 415),
     ("html body", {"data": b"<p>", "headers": {"Content-Type": "text/html"}}, 415),
     (
