@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.checkpoint import (
     FORMAT_VERSION,
@@ -116,11 +118,25 @@ def test_truncated_file_is_a_clear_error(tmp_path: Path) -> None:
     assert str(path) in str(raised.value)
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all"])
+# b"R" and b"\x80\x02}q\x00R": pickle opcodes that make torch's weights-only unpickler raise
+# IndexError (seen with random bytes); the rest raised RuntimeError/EOFError/ValueError.
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"R", b"\x80\x02}q\x00R"])
 def test_garbage_is_a_clear_error(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "model.pt"
     path.write_bytes(content)
     with pytest.raises(CheckpointError, match=str(path)):
+        load_checkpoint(path)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@settings(max_examples=200, deadline=None)
+@given(content=st.binary(max_size=512))
+def test_any_bytes_are_a_checkpoint_error(
+    tmp_path_factory: pytest.TempPathFactory, content: bytes
+) -> None:
+    path = tmp_path_factory.mktemp("bytes") / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError):
         load_checkpoint(path)
 
 
