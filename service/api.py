@@ -19,6 +19,7 @@ from service.uploads import read_uploads
 api = Blueprint("api", __name__)
 
 _MAX_TOP_K = 1000
+_DEFAULT_TOP_K = 5
 
 
 def _engine() -> Engine:
@@ -48,8 +49,7 @@ def json_response(body: Any, status: int = 200) -> Response:
 def predict() -> Response:
     """Classifies every uploaded image; see DESIGN.md for the body types and the answer."""
     settings, engine = _settings(), _engine()
-    _refuse_unknown_query_parameters()
-    top_k = _parse_top_k(request.args.get("top_k"))
+    top_k = _query_top_k()
     model = _serving_model(engine)
     with engine.request():
         files = read_uploads(request, settings)
@@ -166,9 +166,17 @@ def _decode(data: bytes, model: LoadedModel, settings: Settings) -> torch.Tensor
     return pixels
 
 
-def _refuse_unknown_query_parameters() -> None:
-    """A 400 for any query parameter but top_k: a misspelt one (`topk=3`) must not be ignored."""
-    unknown = sorted(set(request.args) - {"top_k"})
+def _query_top_k() -> int:
+    """top_k from the query string (5 without one); a 400 for any other query parameter.
+
+    A misspelt parameter (`topk=3`) must not be ignored. Most requests carry no query string
+    and skip parsing one; `args.get` of a missing key is avoided too (werkzeug raises and
+    catches an HTTPException inside it: 1.6 us against 0.05 us for the `in` test).
+    """
+    if not request.query_string:
+        return _DEFAULT_TOP_K
+    args = request.args
+    unknown = sorted(set(args) - {"top_k"})
     if unknown:
         names = ", ".join(repr(name) for name in unknown)
         raise Problem(
@@ -176,11 +184,10 @@ def _refuse_unknown_query_parameters() -> None:
             "unknown-query-parameter",
             f"Unknown query parameter {names}; the only one is top_k.",
         )
+    return _parse_top_k(args["top_k"]) if "top_k" in args else _DEFAULT_TOP_K
 
 
-def _parse_top_k(raw: str | None) -> int:
-    if raw is None:
-        return 5
+def _parse_top_k(raw: str) -> int:
     try:
         value = int(raw)
     except ValueError:
