@@ -26,11 +26,20 @@ class LoadResult:
     statuses: dict[int, int]
     socket_errors: int
     shed_without_retry_after: int
+    # CPU time (user + system) the server's workers spent during the run, when it was read.
+    worker_cpu_s: float | None = None
 
     @property
     def rps(self) -> float:
         """Requests answered per second."""
         return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_ms_per_request(self) -> float | None:
+        """Worker CPU per answered request in milliseconds; None when not read."""
+        if self.worker_cpu_s is None or self.requests == 0:
+            return None
+        return 1000 * self.worker_cpu_s / self.requests
 
     @property
     def non_2xx(self) -> int:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from bench import decodecost
 
 if TYPE_CHECKING:
+    from bench.load import LoadResult
     from bench.run import Results, Row
 
 # How far ahead of the tuned peer issue 5 wants each scenario at the same concurrency.
@@ -113,6 +114,20 @@ def targets(results: Results) -> list[tuple[str, str, bool | None]]:
                     found.result.rps >= factor * peer.rps,
                 )
             )
+    for name in PEER_FACTORS:
+        found, peer = row(results, name, True, 32), results.peer.get((name, 32))
+        echo = results.echo.get((name, 32))
+        ours_cpu = found.result.cpu_ms_per_request if found else None
+        peer_cpu = peer.cpu_ms_per_request if peer else None
+        if ours_cpu and peer_cpu and echo and echo.cpu_ms_per_request:
+            checks.append(
+                (
+                    f"{name} at c=32, worker CPU per request: convserve / tuned peer / the echo "
+                    "route (the HTTP stack alone), for information",
+                    f"{ours_cpu:.2f} / {peer_cpu:.2f} / {echo.cpu_ms_per_request:.2f} ms",
+                    None,
+                )
+            )
     bf16 = row(results, "M bf16", True, 32)
     if bf16 and on:
         checks.append(
@@ -213,8 +228,8 @@ def _rows(results: Results) -> list[str]:
         "## Scenarios",
         "",
         "| scenario | batching | concurrency | req/s | p50 ms | p99 ms | non-2xx | socket errors "
-        "| images per forward pass | fraction of limit | fraction of ceiling |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| worker CPU ms/req | images per forward pass | fraction of limit | fraction of ceiling |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for scenario in results.scenarios:
         for (name, concurrency), r in sorted(results.echo.items()):
@@ -222,7 +237,7 @@ def _rows(results: Results) -> list[str]:
                 lines.append(
                     f"| {name} HTTP limit (echo) | - | {concurrency} | {r.rps:,.0f} | "
                     f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.non_2xx} | {r.socket_errors} "
-                    "| - | - | - |"
+                    f"| {_cpu(r)} | - | - | - |"
                 )
         for found in results.rows:
             if found.scenario.split()[0] != scenario.name:
@@ -233,7 +248,7 @@ def _rows(results: Results) -> list[str]:
             lines.append(
                 f"| {found.scenario} | {'on' if found.batching else 'off'} | "
                 f"{found.concurrency} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-                f"{r.non_2xx} | {r.socket_errors} | {mean} | "
+                f"{r.non_2xx} | {r.socket_errors} | {_cpu(r)} | {mean} | "
                 f"{r.rps / limit(results, found.scenario):.2f} | "
                 f"{f'{r.rps / top:.2f}' if top else '-'} |"
             )
@@ -241,7 +256,8 @@ def _rows(results: Results) -> list[str]:
             if name == scenario.name:
                 lines.append(
                     f"| {name} tuned peer (bench/peer.py) | - | {concurrency} | {r.rps:,.0f} | "
-                    f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.non_2xx} | {r.socket_errors} | 1.0 "
+                    f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.non_2xx} | {r.socket_errors} "
+                    f"| {_cpu(r)} | 1.0 "
                     f"| {r.rps / limit(results, name):.2f} | - |"
                 )
     lines += ["", "## Targets (issue 5)", "", "| target | measured | met |", "|---|---:|---|"]
@@ -249,6 +265,11 @@ def _rows(results: Results) -> list[str]:
         verdict = "(info)" if met is None else "yes" if met else "**no**"
         lines.append(f"| {target} | {measured} | {verdict} |")
     return lines
+
+
+def _cpu(result: LoadResult) -> str:
+    cpu = result.cpu_ms_per_request
+    return f"{cpu:.2f}" if cpu is not None else "-"
 
 
 def _rest(results: Results) -> list[str]:

@@ -15,7 +15,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import requests
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             for concurrency in CONCURRENCY:
                 url = server.url + "/bench/echo"
                 _drive(url, scenario, concurrency, args.warmup, 0)
-                result = _drive(url, scenario, concurrency, args.seconds, 0)
+                result = _measure(server, url, scenario, concurrency, args.seconds)
                 results.echo[(scenario.name, concurrency)] = result
                 _say(f"echo {scenario.name} c={concurrency}: {_brief(result)}")
 
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             for concurrency in run.concurrency:
                 _drive(url, scenario, concurrency, args.warmup, 0)
                 before = _batch_stats(server)
-                result = _drive(url, scenario, concurrency, args.seconds, 0)
+                result = _measure(server, url, scenario, concurrency, args.seconds)
                 mean_batch = _mean_batch(before, _batch_stats(server))
                 results.rows.append(Row(run.label, run.batching, concurrency, result, mean_batch))
                 state = "on" if run.batching else "off"
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             url = server.url + peer.PREDICT_PATH
             for concurrency in PEER_CONCURRENCY:
                 _drive(url, scenario, concurrency, args.warmup, 0)
-                result = _drive(url, scenario, concurrency, args.seconds, 0)
+                result = _measure(server, url, scenario, concurrency, args.seconds)
                 results.peer[(scenario.name, concurrency)] = result
                 _say(f"peer {scenario.name} c={concurrency}: {_brief(result)}")
 
@@ -233,6 +233,35 @@ def _drive(
     url: str, scenario: Scenario, concurrency: int, seconds: float, count: int
 ) -> load.LoadResult:
     return load.run(url, scenario.body, scenario.content_type, concurrency, seconds, count)
+
+
+def _measure(
+    server: Server, url: str, scenario: Scenario, concurrency: int, seconds: float
+) -> load.LoadResult:
+    """One measured wrk run, with the CPU time the server's workers spent meanwhile.
+
+    CPU per request is read because it is steadier than requests/s on a shared machine (the
+    same server gave 646-1,182 req/s within minutes) and shows where two servers differ.
+    """
+    pids = server.worker_pids()
+    before = _cpu_seconds(pids)
+    result = _drive(url, scenario, concurrency, seconds, 0)
+    after = _cpu_seconds(pids)
+    if before is None or after is None:  # a worker restarted: its CPU time is lost
+        return result
+    return replace(result, worker_cpu_s=after - before)
+
+
+def _cpu_seconds(pids: set[int]) -> float | None:
+    """utime + stime of the processes, in seconds; None when one of them is gone."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            return None
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _memory(server: Server, url: str, scenario: Scenario, count: int, rate: float) -> Memory:
@@ -287,6 +316,7 @@ def _brief(result: load.LoadResult) -> str:
     return (
         f"{result.rps:.0f} req/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, "
         f"non-2xx {result.non_2xx}, socket errors {result.socket_errors}"
+        + (f", worker CPU {cpu:.2f} ms/req" if (cpu := result.cpu_ms_per_request) else "")
     )
 
 
