@@ -240,8 +240,8 @@ def _measure(
 ) -> load.LoadResult:
     """One measured wrk run, with the CPU time the server's workers spent meanwhile.
 
-    CPU per request is read because it is steadier than requests/s on a shared machine (the
-    same server gave 646-1,182 req/s within minutes) and shows where two servers differ.
+    CPU per request compares what two servers spend on a request, apart from their throughput,
+    which also depends on how much of the cores wrk and the rest of the machine took.
     """
     pids = server.worker_pids()
     before = _cpu_seconds(pids)
