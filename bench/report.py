@@ -235,9 +235,8 @@ def _rows(results: Results) -> list[str]:
         for (name, concurrency), r in sorted(results.echo.items()):
             if name == scenario.name:
                 lines.append(
-                    f"| {name} HTTP limit (echo) | - | {concurrency} | {r.rps:,.0f} | "
-                    f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.non_2xx} | {r.socket_errors} "
-                    f"| {_cpu(r)} | - | - | - |"
+                    f"| {name} HTTP limit (echo) | - | {concurrency} | {_load_cells(r)} "
+                    "| - | - | - |"
                 )
         for found in results.rows:
             if found.scenario.split()[0] != scenario.name:
@@ -247,18 +246,15 @@ def _rows(results: Results) -> list[str]:
             top = ceiling(results, found.scenario)
             lines.append(
                 f"| {found.scenario} | {'on' if found.batching else 'off'} | "
-                f"{found.concurrency} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-                f"{r.non_2xx} | {r.socket_errors} | {_cpu(r)} | {mean} | "
+                f"{found.concurrency} | {_load_cells(r)} | {mean} | "
                 f"{r.rps / limit(results, found.scenario):.2f} | "
                 f"{f'{r.rps / top:.2f}' if top else '-'} |"
             )
         for (name, concurrency), r in sorted(results.peer.items()):
             if name == scenario.name:
                 lines.append(
-                    f"| {name} tuned peer (bench/peer.py) | - | {concurrency} | {r.rps:,.0f} | "
-                    f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.non_2xx} | {r.socket_errors} "
-                    f"| {_cpu(r)} | 1.0 "
-                    f"| {r.rps / limit(results, name):.2f} | - |"
+                    f"| {name} tuned peer (bench/peer.py) | - | {concurrency} | "
+                    f"{_load_cells(r)} | 1.0 | {r.rps / limit(results, name):.2f} | - |"
                 )
     lines += ["", "## Targets (issue 5)", "", "| target | measured | met |", "|---|---:|---|"]
     for target, measured, met in targets(results):
@@ -267,9 +263,12 @@ def _rows(results: Results) -> list[str]:
     return lines
 
 
-def _cpu(result: LoadResult) -> str:
-    cpu = result.cpu_ms_per_request
-    return f"{cpu:.2f}" if cpu is not None else "-"
+def _load_cells(r: LoadResult) -> str:
+    """The cells every row shares: req/s, p50, p99, non-2xx, socket errors, worker CPU."""
+    cpu = f"{r.cpu_ms_per_request:.2f}" if r.cpu_ms_per_request is not None else "-"
+    return (
+        f"{r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.non_2xx} | {r.socket_errors} | {cpu}"
+    )
 
 
 def _rest(results: Results) -> list[str]:
