@@ -105,20 +105,18 @@ def targets(results: Results) -> list[tuple[str, str, bool | None]]:
         )
     for name, factor in PEER_FACTORS.items():
         found, peer = row(results, name, True, 32), results.peer.get((name, 32))
-        if found and peer and peer.rps > 0:
-            checks.append(
-                (
-                    f"{name} at c=32: >= {factor}x the tuned peer measured in this run "
-                    f"(bench/peer.py; issue 5 quotes {QUOTED_PEERS[name]} req/s from its own run)",
-                    f"{found.result.rps / peer.rps:.2f}x",
-                    found.result.rps >= factor * peer.rps,
-                )
+        if not (found and peer and peer.rps > 0):
+            continue
+        checks.append(
+            (
+                f"{name} at c=32: >= {factor}x the tuned peer measured in this run "
+                f"(bench/peer.py; issue 5 quotes {QUOTED_PEERS[name]} req/s from its own run)",
+                f"{found.result.rps / peer.rps:.2f}x",
+                found.result.rps >= factor * peer.rps,
             )
-    for name in PEER_FACTORS:
-        found, peer = row(results, name, True, 32), results.peer.get((name, 32))
+        )
         echo = results.echo.get((name, 32))
-        ours_cpu = found.result.cpu_ms_per_request if found else None
-        peer_cpu = peer.cpu_ms_per_request if peer else None
+        ours_cpu, peer_cpu = found.result.cpu_ms_per_request, peer.cpu_ms_per_request
         if ours_cpu and peer_cpu and echo and echo.cpu_ms_per_request:
             checks.append(
                 (
