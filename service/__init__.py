@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
-
 from flask import Flask
-from PIL import Image
 
 from service.config import Settings
 
@@ -22,15 +19,13 @@ def create_app(settings: Settings | None = None, *, start_engine: bool = True) -
     from service.engine import Engine
     from service.errors import register_error_handlers
     from service.hooks import init_request_hooks
+    from service.imaging import configure_decoders
     from service.logs import configure_logging
     from service.openapi import build_openapi
 
     settings = settings or Settings()
     configure_logging(settings)
-    # Pillow's own decompression-bomb guard follows our limit (it is process-wide). Its
-    # warning for images just over the limit is noise: service.imaging refuses them with 413.
-    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    configure_decoders(settings.max_image_pixels)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes

@@ -11,9 +11,10 @@ from __future__ import annotations
 import io
 import logging
 import time
+import warnings
 
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import AvifImagePlugin, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from models.transforms import Preprocessing
 from service.errors import Problem
@@ -22,7 +23,19 @@ log = logging.getLogger("convserve.imaging")
 
 # Raster formats with magic numbers or well-bounded decoders. Vector and scriptable formats
 # (EPS would run Ghostscript) are never opened.
-ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "ICO", "PPM", "TGA")
+ALLOWED_FORMATS = (
+    "PNG",
+    "JPEG",
+    "GIF",
+    "WEBP",
+    "AVIF",
+    "BMP",
+    "DIB",
+    "TIFF",
+    "ICO",
+    "PPM",
+    "TGA",
+)
 
 # Bytes handed to a decoder between two checks of the time budget. With Pillow's default
 # (64 KiB) one read of a malicious progressive JPEG runs for seconds at the default pixel limit;
@@ -54,6 +67,19 @@ class _BudgetedBytes(io.BytesIO):
         return super().read(size)
 
 
+def configure_decoders(max_pixels: int) -> None:
+    """Sets Pillow's process-wide decoder settings for serving (called once by create_app).
+
+    Pillow's own decompression-bomb guard follows `max_pixels`; its warning for images just
+    over the limit is noise, since decode_image refuses them with 413. libavif decodes on one
+    thread, the calling one, as every other decoder does: by default it starts a thread per
+    core in every request thread, and its CPU time would escape the per-image budget.
+    """
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    AvifImagePlugin.DEFAULT_MAX_THREADS = 1
+
+
 def decode_image(
     data: bytes,
     preprocessing: Preprocessing,
@@ -78,6 +104,10 @@ def decode_image(
             side = max(preprocessing.width, preprocessing.height)
             opened.draft(None, (side, side))
         opened.load()
+        # A decoder that does its work in one call (AVIF decodes the whole frame in libavif)
+        # reads nothing while it runs, so the budget is checked once more after it returns.
+        if time.thread_time() > source.deadline:
+            raise DecodeTimeout
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _too_many_pixels(opened.size, max_pixels) from exc
     except DecodeTimeout as exc:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
+import PIL
 import pytest
 import torch
-from PIL import Image
+from PIL import AvifImagePlugin, Image, ImageCms, features
 
 from models.transforms import Preprocessing
 from service.errors import Problem
-from service.imaging import decode_image
+from service.imaging import configure_decoders, decode_image
 from tests.images import encode, gradient, png
 
 GREY = Preprocessing(mode="L", height=28, width=28, mean=(0.5,), std=(0.5,), background=0)
@@ -114,7 +116,9 @@ def test_animated_gif_uses_the_first_frame() -> None:
     assert int(decode(buffer.getvalue()).float().mean()) == 255
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "ICO", "PPM", "TGA"])
+@pytest.mark.parametrize(
+    "fmt", ["PNG", "JPEG", "GIF", "WEBP", "AVIF", "BMP", "TIFF", "ICO", "PPM", "TGA"]
+)
 def test_every_allowed_format_decodes(fmt: str) -> None:
     image = gradient((28, 28), "RGB" if fmt == "JPEG" else "L")
     assert decode(encode(image, fmt)).shape == (1, 28, 28)
@@ -157,3 +161,76 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
         decode_image(header_only, GREY, max_pixels=100)
     assert caught.value.status == 413
     assert "2000x2000" in caught.value.detail
+
+
+def _avif_with_orientation(orientation: int) -> bytes:
+    """A bright top-left quadrant stored so that EXIF `orientation` must be undone to see it."""
+    upright = np.zeros((32, 48, 3), dtype=np.uint8)
+    upright[:16, :24] = 255
+    stored = Image.fromarray(upright)
+    undo = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_90,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_270,
+    }
+    if orientation in undo:
+        stored = stored.transpose(undo[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(stored, "AVIF", exif=exif, quality=90)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_avif_is_decoded_with_its_orientation(orientation: int) -> None:
+    pixels = decode(_avif_with_orientation(orientation))[0].float()
+    assert pixels[:14, :14].mean() > 200, f"orientation {orientation} not applied"
+    assert pixels[14:, 14:].mean() < 50
+
+
+def test_avif_with_an_icc_profile_matches_the_png() -> None:
+    image = gradient((64, 48), "RGB")
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    from_avif = decode(encode(image, "AVIF", quality=95, icc_profile=srgb)).float()
+    from_png = decode(encode(image, "PNG")).float()
+    assert (from_avif - from_png).abs().mean() < 3
+
+
+def test_avif_over_the_pixel_limit_is_refused_before_decoding() -> None:
+    big = encode(Image.new("RGB", (1200, 900), (90, 90, 90)), "AVIF", quality=30)
+    with pytest.raises(Problem) as caught:
+        decode(big)
+    assert caught.value.status == 413 and "1200x900" in caught.value.detail
+
+
+def test_configure_decoders_keeps_libavif_on_the_calling_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A fence around Pillow's AVIF plugin: the module global it reads must still exist.
+    assert features.check("avif"), "this Pillow build cannot decode AVIF"
+    assert hasattr(AvifImagePlugin, "DEFAULT_MAX_THREADS"), (
+        f"Pillow {PIL.__version__} no longer has AvifImagePlugin.DEFAULT_MAX_THREADS"
+    )
+    # Process-wide settings: restored after the test.
+    monkeypatch.setattr(AvifImagePlugin, "DEFAULT_MAX_THREADS", 0)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    configure_decoders(LIMIT)
+    assert AvifImagePlugin.DEFAULT_MAX_THREADS == 1
+
+
+def test_an_avif_decode_over_the_cpu_budget_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # libavif reads the whole file when the image is opened, then decodes in one call that
+    # reads nothing: the budget must still turn an over-budget decode into a 422.
+    monkeypatch.setattr(AvifImagePlugin, "DEFAULT_MAX_THREADS", 1)
+    noise = np.random.default_rng(0).integers(0, 256, (1500, 1500, 3), dtype=np.uint8)
+    photo = encode(Image.fromarray(noise), "AVIF", quality=70, speed=10)
+    started = time.thread_time()
+    decode_image(photo, GREY, 10_000_000)
+    needed_ms = (time.thread_time() - started) * 1000
+    assert needed_ms > 20, f"the decode took only {needed_ms:.1f} ms of CPU; use a larger image"
+    with pytest.raises(Problem) as caught:
+        decode_image(photo, GREY, 10_000_000, timeout_ms=needed_ms / 4)
+    assert caught.value.status == 422 and caught.value.kind == "decode-timeout"
