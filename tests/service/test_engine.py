@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -54,8 +55,16 @@ def test_batched_requests_get_the_eager_models_rows(engine: Engine) -> None:
     model = engine.model
     assert model is not None
     pixels = random_pixels(model, 40, seed=7)
-    pending = [engine.submit(model, pixels[i : i + 4]) for i in range(0, 40, 4)]
-    served = torch.cat([torch.tensor(p.result().probabilities) for p in pending])
+    served_model = engine.default
+    assert served_model is not None
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(
+            pool.map(
+                lambda i: served_model.infer(lambda _model: pixels[i : i + 4]), range(0, 40, 4)
+            )
+        )
+    assert all(answer.model is model for answer in answers)
+    served = torch.cat([answer.probabilities for answer in answers])
     torch.testing.assert_close(
         served, reference(engine.settings.model_path, pixels), rtol=1e-4, atol=1e-6
     )
