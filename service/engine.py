@@ -113,7 +113,7 @@ class ServedModel:
             self._failed_signature = signature
             self._load_error = str(exc)
             metrics.RELOADS.labels("failed").inc()
-            log.error("checkpoint %s rejected, keeping the current version: %s", self.path, exc)
+            log.error("checkpoint rejected, keeping the current model: %s", exc)
             return False
         self._current = loaded
         self._failed_signature = None
