@@ -22,7 +22,7 @@ import requests
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import decodecost, fixtures, load, modellimit, peer, report
+from bench import decodecost, fixtures, load, modellimit, peer, protocols, report
 from bench.fixtures import Scenario
 from service.config import Settings
 from service.engine import HEAP_TRIM_INTERVAL_S
@@ -203,8 +203,20 @@ def main(argv: list[str] | None = None) -> int:
                 results.peer[(scenario.name, concurrency)] = result
                 _say(f"peer {scenario.name} c={concurrency}: {_brief(result)}")
 
+    small = next((s for s in results.scenarios if s.name == "S"), None)
+    protocol_text = ""
+    if small is not None:
+        rows = protocols.measure(workdir, small, server_env, args.seconds, args.warmup)
+        top = protocols.ceiling_images(
+            report.http_limit(results, "S"),
+            results.model_limits["S"].best,
+            results.decode_ms["S"],
+            int(results.context["cores"]),
+        )
+        protocol_text = "\n" + protocols.render(rows, results.model_limits["S"].best, top)
+
     results.load_after = _loadavg()
-    text = report.render(results)
+    text = report.render(results) + protocol_text
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     (workdir / "results.md").write_text(text)

@@ -1,4 +1,4 @@
-"""Several models from one folder: served side by side, each file reloaded on its own, under load."""
+"""Several models from one folder: side by side, each file reloaded on its own, under load."""
 
 from __future__ import annotations
 

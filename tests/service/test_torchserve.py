@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +23,7 @@ def test_ping(server: Server) -> None:
     assert response.status_code == 200 and response.json() == {"status": "Healthy"}
 
 
-def test_curl_upload_file_answers_label_probabilities(server: Server, tmp_path) -> None:
+def test_curl_upload_file_answers_label_probabilities(server: Server, tmp_path: Path) -> None:
     image = png(value=None)
     path = tmp_path / "shoe.png"
     path.write_bytes(image)
@@ -33,8 +35,6 @@ def test_curl_upload_file_answers_label_probabilities(server: Server, tmp_path) 
         text=True,
         timeout=30,
     ).stdout
-    import json
-
     answer = json.loads(out)
     expected = v1_top5(server, image)
     assert list(answer) == list(expected) and len(answer) == 5
