@@ -286,19 +286,20 @@ def _memory(server: Server, url: str, scenario: Scenario, count: int, rate: floa
     """
     pids = sorted(server.worker_pids())
     time.sleep(IDLE_S)
-    before = {pid: _rss_kb(pid) for pid in pids}
+    before = {pid: rss_kb(pid) for pid in pids}
     sent = 0
     while sent < count:
         remaining = count - sent
         seconds = min(300.0, 1.0 + 1.15 * remaining / max(rate, 1.0))
         sent += _drive(url, scenario, 32, seconds, remaining).requests
     time.sleep(IDLE_S)
-    after = {pid: _rss_kb(pid) for pid in pids}
+    after = {pid: rss_kb(pid) for pid in pids}
     _say(f"memory {scenario.name}: {sent} requests, RSS {before} -> {after} kB")
     return Memory(scenario.name, sent, before, after)
 
 
-def _rss_kb(pid: int) -> int:
+def rss_kb(pid: int) -> int:
+    """VmRSS of the process, in kB (0 when it has none)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
