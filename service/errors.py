@@ -13,6 +13,7 @@ from http import HTTPStatus
 
 import orjson
 from flask import Flask, Response, current_app, g, has_request_context, request
+from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("convserve.errors")
@@ -48,6 +49,14 @@ def register_error_shape(app: Flask, prefixes: tuple[str, ...], shape: ErrorShap
     """Errors answered for paths starting with any of `prefixes` take `shape`."""
     shapes: list[tuple[tuple[str, ...], ErrorShape]] = app.extensions.setdefault(_SHAPES, [])
     shapes.append((prefixes, shape))
+
+
+def validation_summary(exc: ValidationError, limit: int = 5) -> str:
+    """The first `limit` problems of a pydantic validation, as "field.path: message; ..."."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}"
+        for error in exc.errors(include_url=False)[:limit]
+    )
 
 
 def problem_response(

@@ -13,15 +13,8 @@ from http import HTTPStatus
 import orjson
 from flask import Blueprint, Flask, Response, request
 
+from service import inference
 from service.errors import Problem, register_error_shape
-from service.inference import (
-    decode_files,
-    engine,
-    predict_pixels,
-    served_model,
-    serving_version,
-    settings,
-)
 from service.schemas import TorchServeError
 from service.uploads import read_body, read_uploads
 
@@ -46,7 +39,7 @@ def _error_shape(status: int, _kind: str, detail: str) -> tuple[int, bytes, str]
 @torchserve.get("/ping")
 def ping() -> Response:
     """{"status": "Healthy"} once the default model serves; 503 "Unhealthy" before."""
-    healthy = engine().ready
+    healthy = inference.engine().ready
     body = {"status": "Healthy" if healthy else "Unhealthy"}
     return Response(orjson.dumps(body), status=200 if healthy else 503, mimetype="application/json")
 
@@ -55,9 +48,9 @@ def ping() -> Response:
 @torchserve.route("/predictions/<name>/<model_version>", methods=["POST", "PUT"])
 def predictions(name: str, model_version: str | None = None) -> Response:
     """{label: probability} of the 5 best classes for each image (one object for one image)."""
-    served = served_model(name)
-    serving_version(served, model_version)
-    config = settings()
+    served = inference.served_model(name)
+    inference.serving_version(served, model_version)
+    config = inference.settings()
 
     def files() -> list[bytes]:
         if request.mimetype == "multipart/form-data":
@@ -67,9 +60,11 @@ def predictions(name: str, model_version: str | None = None) -> Response:
             raise Problem(400, "body-missing", "The request has no body; send an image.")
         return [body]
 
-    inference = predict_pixels(served, lambda model: decode_files(files(), model, config))
-    classes = inference.model.classes
-    scores, indices = inference.probabilities.topk(min(TOP_K, len(classes)), dim=1)
+    answer = inference.predict_pixels(
+        served, lambda model: inference.decode_files(files(), model, config)
+    )
+    classes = answer.model.classes
+    scores, indices = answer.probabilities.topk(min(TOP_K, len(classes)), dim=1)
     answers = [
         {classes[i]: score for score, i in zip(row_scores, row_indices, strict=True)}
         for row_scores, row_indices in zip(scores.tolist(), indices.tolist(), strict=True)

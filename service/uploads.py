@@ -14,7 +14,7 @@ from flask import Request
 from pydantic import ValidationError
 
 from service.config import Settings
-from service.errors import Problem
+from service.errors import Problem, validation_summary
 from service.schemas import PredictJSONRequest
 
 
@@ -98,10 +98,7 @@ def _json(body: bytes, settings: Settings) -> list[bytes]:
     try:
         parsed = PredictJSONRequest.model_validate(document)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}"
-            for error in exc.errors(include_url=False)[:5]
-        )
+        problems = validation_summary(exc)
         raise Problem(
             400, "malformed-body", f'Expected {{"images": [base64, ...]}}: {problems}'
         ) from exc

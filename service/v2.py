@@ -14,15 +14,8 @@ import orjson
 import torch
 from flask import Blueprint, Flask, Response, request
 
+from service import inference
 from service.errors import register_error_shape
-from service.inference import (
-    decode_files,
-    engine,
-    predict_pixels,
-    served_model,
-    serving_version,
-    settings,
-)
 from service.loading import LoadedModel
 from service.schemas import (
     V2Error,
@@ -85,7 +78,7 @@ def live() -> Response:
 @v2.get("/v2/health/ready")
 def ready() -> Response:
     """200 once the default model serves; 503 with the reason before."""
-    found = engine()
+    found = inference.engine()
     if not found.ready:
         detail = f"Not ready: {found.load_error}"
         return _json(V2Error(error=detail).model_dump(), HTTPStatus.SERVICE_UNAVAILABLE)
@@ -96,7 +89,7 @@ def ready() -> Response:
 @v2.get("/v2/models/<name>/versions/<model_version>")
 def model_metadata(name: str, model_version: str | None = None) -> Response:
     """The model's input, output and version."""
-    model = serving_version(served_model(name), model_version)
+    model = inference.serving_version(inference.served_model(name), model_version)
     return _json(metadata(model).model_dump())
 
 
@@ -104,7 +97,7 @@ def model_metadata(name: str, model_version: str | None = None) -> Response:
 @v2.get("/v2/models/<name>/versions/<model_version>/ready")
 def model_ready(name: str, model_version: str | None = None) -> Response:
     """200 when the model (at that version) serves; 404 unknown, 503 not loaded yet."""
-    serving_version(served_model(name), model_version)
+    inference.serving_version(inference.served_model(name), model_version)
     return _json(V2ModelReady(name=name, ready=True).model_dump())
 
 
@@ -112,9 +105,9 @@ def model_ready(name: str, model_version: str | None = None) -> Response:
 @v2.post("/v2/models/<name>/versions/<model_version>/infer")
 def infer(name: str, model_version: str | None = None) -> Response:
     """Classifies the images of the request's one input (see the README's Interoperability)."""
-    served = served_model(name)
-    serving_version(served, model_version)
-    config = settings()
+    served = inference.served_model(name)
+    inference.serving_version(served, model_version)
+    config = inference.settings()
     calls: list[InferCall] = []
 
     def prepare(model: LoadedModel) -> torch.Tensor:
@@ -123,13 +116,13 @@ def infer(name: str, model_version: str | None = None) -> Response:
         calls.append(parse_infer(body, request.headers.get(BINARY_HEADER), config))
         image = calls[0].image
         if image.files is not None:
-            return decode_files(image.files, model, config)
+            return inference.decode_files(image.files, model, config)
         return image.pixels(model)
 
-    inference = predict_pixels(served, prepare)
+    answer = inference.predict_pixels(served, prepare)
     parsed = calls[0]
-    model = inference.model
-    output, binary = encode_outputs(inference.probabilities, model.classes, parsed.output)
+    model = answer.model
+    output, binary = encode_outputs(answer.probabilities, model.classes, parsed.output)
     document: dict[str, object] = {"model_name": name, "model_version": model.version}
     if parsed.id is not None:
         document["id"] = parsed.id

@@ -21,7 +21,7 @@ import torch
 from pydantic import ValidationError
 
 from service.config import Settings
-from service.errors import Problem
+from service.errors import Problem, validation_summary
 from service.loading import LoadedModel
 from service.schemas import V2InferInput, V2InferRequest
 
@@ -107,10 +107,7 @@ def parse_infer(body: bytes, header_length: str | None, settings: Settings) -> I
     try:
         request = V2InferRequest.model_validate(document)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}"
-            for error in exc.errors(include_url=False)[:5]
-        )
+        problems = validation_summary(exc)
         raise _bad(f"The infer request is malformed: {problems}") from exc
     if not request.inputs:
         raise _bad(f"The request has no inputs; send one named {INPUT_NAME!r}.")

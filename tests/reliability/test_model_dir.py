@@ -17,7 +17,12 @@ from tests.images import png
 from tests.reliability.checks import sample, scrape
 from tests.reliability.conftest import StartServer
 from tests.reliability.load import BackgroundLoad, Call
-from tests.reliability.test_hot_reload import replace_atomically, wait_for
+from tests.reliability.test_hot_reload import (
+    reloads,
+    replace_atomically,
+    served_version,
+    wait_for,
+)
 
 WORKERS = 2
 GREY = Call("POST", "/v1/models/model/predict", png(), {"Content-Type": "image/png"})
@@ -35,10 +40,6 @@ RGB_INFER = {
 RGB = Call("POST", "/v2/models/rgb/infer", orjson.dumps(RGB_INFER), {})
 
 
-def reloads(url: str, outcome: str) -> float:
-    return sample(scrape(url), "convserve_model_reloads_total", outcome=outcome)
-
-
 def another_version(checkpoint: Path, target: Path) -> bytes:
     """The same weights with another training note: a valid checkpoint with a new hash."""
     payload: dict[str, Any] = torch.load(checkpoint, weights_only=True)
@@ -48,8 +49,9 @@ def another_version(checkpoint: Path, target: Path) -> bytes:
 
 
 def answered_version(call: Call, body: bytes) -> str:
-    answer = orjson.loads(body)
-    version: str = answer["model_version"] if call.path == RGB.path else answer["model"]["version"]
+    if call.path != RGB.path:
+        return served_version(body)
+    version: str = orjson.loads(body)["model_version"]
     return version
 
 
@@ -75,20 +77,20 @@ def test_models_side_by_side_and_reloaded_file_by_file_under_load(
     assert running.get("/v2/models/rgb").json()["outputs"][0]["shape"] == [-1, 3]
     assert running.get("/v1/model").json()["version"] == grey
 
-    loaded = reloads(running.url, "loaded")
+    loaded = reloads(running, "loaded")
     with BackgroundLoad(
         running.url, [GREY, RGB], connections=4, duration_s=90, keep_body=lambda _c, s: s == 200
     ) as load:
         time.sleep(1.0)
         replace_atomically(folder / "rgb.pt", rgb_new_bytes)  # swap
-        wait_for(lambda: reloads(running.url, "loaded") >= loaded + WORKERS)
+        wait_for(lambda: reloads(running, "loaded") >= loaded + WORKERS)
         shutil.copy(tiny_checkpoint, folder / ".extra.pt.tmp")
         (folder / ".extra.pt.tmp").rename(folder / "extra.pt")  # add
-        wait_for(lambda: reloads(running.url, "loaded") >= loaded + 2 * WORKERS)
+        wait_for(lambda: reloads(running, "loaded") >= loaded + 2 * WORKERS)
         wait_for(lambda: running.get("/v2/models/extra/ready").status_code == 200)
-        failed = reloads(running.url, "failed")
+        failed = reloads(running, "failed")
         replace_atomically(folder / "rgb.pt", b"corrupt")  # refused: rgb_new serves on
-        wait_for(lambda: reloads(running.url, "failed") >= failed + WORKERS)
+        wait_for(lambda: reloads(running, "failed") >= failed + WORKERS)
         (folder / "extra.pt").unlink()  # remove
         wait_for(lambda: running.get("/v2/models/extra/ready").status_code == 404)
         time.sleep(1.0)
