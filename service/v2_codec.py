@@ -71,7 +71,7 @@ class ImageInput:
                 f"Input {INPUT_NAME!r} has shape {self.shape}; model {model.name!r} takes "
                 f"{self.datatype} {accepted}."
             )
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        tensor = torch.from_numpy(np.array(array, order="C"))  # a writable copy, NCHW
         if self.datatype == "FP32":
             return tensor * 255.0
         return tensor
