@@ -75,17 +75,19 @@ def run(
     seconds: float,
     requests: int = 0,
     timeout_s: float = 10.0,
+    header: str | None = None,
 ) -> LoadResult:
     """POSTs `body` to `url` over `connections` keep-alive connections.
 
     Runs for `seconds`, or until `requests` answers when that is non-zero (then `seconds` only
-    bounds the run).
+    bounds the run). `header` is one more request header, "Name: value".
     """
     env = {
         **os.environ,
         "BENCH_BODY": str(body),
         "BENCH_CONTENT_TYPE": content_type,
         "BENCH_REQUESTS": str(requests),
+        **({"BENCH_HEADER": header} if header else {}),
     }
     command = [
         wrk_binary(),

@@ -7,6 +7,8 @@
 --   BENCH_CONTENT_TYPE  its Content-Type (default application/octet-stream)
 --   BENCH_REQUESTS      each wrk thread stops sending after this many responses (default:
 --                       no limit); wrk itself still runs for its -d duration
+--   BENCH_HEADER        one more request header, "Name: value" (optional; the v2 binary
+--                       body needs Inference-Header-Content-Length)
 
 local path = assert(os.getenv("BENCH_BODY"), "BENCH_BODY is not set")
 local file = assert(io.open(path, "rb"))
@@ -16,6 +18,11 @@ file:close()
 wrk.method = "POST"
 wrk.body = body
 wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE") or "application/octet-stream"
+local extra = os.getenv("BENCH_HEADER")
+if extra then
+  local name, value = extra:match("^([^:]+):%s*(.*)$")
+  wrk.headers[name] = value
+end
 
 local threads = {}
 

@@ -22,7 +22,7 @@ import requests
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import decodecost, fixtures, load, modellimit, peer, report
+from bench import decodecost, fixtures, load, modellimit, peer, protocols, report
 from bench.fixtures import Scenario
 from service.config import Settings
 from service.engine import HEAP_TRIM_INTERVAL_S
@@ -203,8 +203,20 @@ def main(argv: list[str] | None = None) -> int:
                 results.peer[(scenario.name, concurrency)] = result
                 _say(f"peer {scenario.name} c={concurrency}: {_brief(result)}")
 
+    small = next((s for s in results.scenarios if s.name == "S"), None)
+    protocol_text = ""
+    if small is not None:
+        rows = protocols.measure(workdir, small, server_env, args.seconds, args.warmup)
+        top = protocols.ceiling_images(
+            report.http_limit(results, "S"),
+            results.model_limits["S"].best,
+            results.decode_ms["S"],
+            int(results.context["cores"]),
+        )
+        protocol_text = "\n" + protocols.render(rows, results.model_limits["S"].best, top)
+
     results.load_after = _loadavg()
-    text = report.render(results)
+    text = report.render(results) + protocol_text
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     (workdir / "results.md").write_text(text)
@@ -274,19 +286,20 @@ def _memory(server: Server, url: str, scenario: Scenario, count: int, rate: floa
     """
     pids = sorted(server.worker_pids())
     time.sleep(IDLE_S)
-    before = {pid: _rss_kb(pid) for pid in pids}
+    before = {pid: rss_kb(pid) for pid in pids}
     sent = 0
     while sent < count:
         remaining = count - sent
         seconds = min(300.0, 1.0 + 1.15 * remaining / max(rate, 1.0))
         sent += _drive(url, scenario, 32, seconds, remaining).requests
     time.sleep(IDLE_S)
-    after = {pid: _rss_kb(pid) for pid in pids}
+    after = {pid: rss_kb(pid) for pid in pids}
     _say(f"memory {scenario.name}: {sent} requests, RSS {before} -> {after} kB")
     return Memory(scenario.name, sent, before, after)
 
 
-def _rss_kb(pid: int) -> int:
+def rss_kb(pid: int) -> int:
+    """VmRSS of the process, in kB (0 when it has none)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])

@@ -22,6 +22,8 @@ def create_app(settings: Settings | None = None, *, start_engine: bool = True) -
     from service.imaging import configure_decoders
     from service.logs import configure_logging
     from service.openapi import build_openapi
+    from service.torchserve import register_torchserve
+    from service.v2 import register_v2
 
     settings = settings or Settings()
     configure_logging(settings)
@@ -36,6 +38,8 @@ def create_app(settings: Settings | None = None, *, start_engine: bool = True) -
     register_error_handlers(app)
     init_request_hooks(app, settings)
     app.register_blueprint(api)
+    register_v2(app)
+    register_torchserve(app)
     if start_engine:
         engine.start()
     return app

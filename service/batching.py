@@ -128,6 +128,22 @@ class Batcher(Generic[Key]):
                 self._expected -= 1
                 self._arrivals.notify()
 
+    def run(
+        self, key: Key, prepare: Callable[[], torch.Tensor], timeout_s: float
+    ) -> list[BatchResult]:
+        """One request: `prepare()` makes its pixels, which run under `key`; returns their rows.
+
+        Raises Overloaded when they do not fit in the queue, TimeoutError after `timeout_s`
+        seconds of waiting, or the forward pass's own exception.
+        """
+        with self.expect():
+            # While this request decodes, a batch that is forming waits for it (max_delay_s).
+            pixels = prepare()
+            ticket = self.submit(key, pixels)
+        # The wait happens after expect() ends: a leader still counting this request would
+        # hold its batch open for images that are already queued.
+        return ticket.result(timeout_s)
+
     def submit(self, key: Key, pixels: torch.Tensor) -> Ticket[Key]:
         """Queues (N, C, H, W) pixels in chunks of at most max_batch_size; result() runs them.
 

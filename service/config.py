@@ -38,6 +38,16 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONVSERVE_", protected_namespaces=())
 
     model_path: Path = Field(Path("checkpoints/model.pt"), description="Checkpoint to serve.")
+    model_dir: Path | None = Field(
+        None,
+        description="Serve every checkpoint (*.pt) in this folder under its file stem; "
+        "overrides model_path.",
+    )
+    default_model: str | None = Field(
+        None,
+        description="Name of the model /v1/predict and /v1/model serve; unset: 'model' when "
+        "model_dir has one, else its first name in sort order.",
+    )
     bind: str = Field("0.0.0.0:8000", description="gunicorn bind address (host:port).")
     workers: int = Field(0, ge=0, description="gunicorn worker processes; 0 = one per core.")
     threads: int = Field(16, ge=1, description="Request threads per worker (gthread).")

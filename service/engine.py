@@ -1,148 +1,234 @@
-"""The framework-free predictor: loads the checkpoint, warms it up, batches, predicts, reloads.
+"""The framework-free predictor: loads checkpoints, warms them up, batches, predicts, reloads.
 
-One Engine lives in each gunicorn worker, created after fork. The first load happens before
-the worker accepts connections; a thread then watches the checkpoint file and swaps in each new
-version whole, so no request ever meets a half-loaded model.
+One Engine lives in each gunicorn worker, created after fork. It serves one checkpoint
+(`model_path`) or every checkpoint of a folder (`model_dir`), each under its file stem as a
+`ServedModel` with its own batcher. The first load happens before the worker accepts
+connections; a thread then watches the files and swaps in each new version whole, so no
+request ever meets a half-loaded model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
+import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from models.checkpoint import Checkpoint, CheckpointError, checkpoint_version, load_checkpoint
-from models.cnn import ModelSummary
 from service import heap, metrics
-from service.batching import Batcher, Overloaded, Ticket
+from service.batching import Batcher, Overloaded
 from service.config import Settings
+from service.loading import LoadedModel, file_signature, load_model
 
 log = logging.getLogger("convserve.engine")
 
 # Seconds between two returns of the heap's free pages to the system (see service/heap.py).
 HEAP_TRIM_INTERVAL_S = 1.0
 
+# A served name is a URL path segment and a metrics label value: kept short and plain.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
 __all__ = [
     "Engine",
+    "Inference",
     "LoadedModel",
-    "NotReady",
+    "ModelUnavailable",
     "Overloaded",
-    "PendingPrediction",
-    "PredictionBatch",
+    "Prepare",
+    "ServedModel",
 ]
 
 
-class NotReady(Exception):
-    """No model is loaded (yet), or the forward pass did not finish in time."""
+class ModelUnavailable(Exception):
+    """The model has no version loaded: none yet, or its only file was refused."""
 
 
 @dataclass(frozen=True)
-class LoadedModel:
-    """A checkpoint turned into a ready-to-run module; immutable, swapped whole on reload.
-
-    `module` holds its weights in channels_last layout (see `prepare_module`); `scale` and
-    `shift` fold the checkpoint's 0-255 -> 0-1 -> mean/std normalization into one multiply-add.
-    """
-
-    checkpoint: Checkpoint
-    module: nn.Module
-    name: str
-    version: str
-    summary: ModelSummary
-    file_signature: tuple[int, int, int]
-    scale: torch.Tensor
-    shift: torch.Tensor
-
-    @property
-    def classes(self) -> list[str]:
-        """Class names in output-index order."""
-        return self.checkpoint.classes
-
-
-@dataclass(frozen=True)
-class PendingPrediction:
-    """Images queued for a forward pass; result() waits for their probabilities."""
+class Inference:
+    """One request's class probabilities, (N, classes), and the version and timings behind them."""
 
     model: LoadedModel
-    ticket: Ticket[LoadedModel]
-    timeout_s: float
-
-    def result(self) -> PredictionBatch:
-        """Blocks until every chunk ran (in this thread when no other runs a batch).
-
-        Raises NotReady after the request timeout.
-        """
-        try:
-            results = self.ticket.result(self.timeout_s)
-        except TimeoutError as exc:
-            raise NotReady("the forward pass did not finish within the request timeout") from exc
-        probabilities = [row for r in results for row in r.outputs.tolist()]
-        return PredictionBatch(
-            model=self.model,
-            probabilities=probabilities,
-            queue_s=max(r.queue_s for r in results),
-            inference_s=sum(r.inference_s for r in results),
-        )
-
-
-@dataclass(frozen=True)
-class PredictionBatch:
-    """Class probabilities for the images of one request, and the timings that made them."""
-
-    model: LoadedModel
-    probabilities: list[list[float]]
+    probabilities: torch.Tensor
+    decode_s: float
     queue_s: float
     inference_s: float
 
 
-class Engine:
-    """Owns the model of one worker process and the batcher that feeds it."""
+Forward = Callable[[LoadedModel, torch.Tensor], torch.Tensor]
+Prepare = Callable[[LoadedModel], torch.Tensor]
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._model: LoadedModel | None = None
+
+class ServedModel:
+    """One model name: the file it comes from, the version serving now and its own batcher."""
+
+    def __init__(self, name: str, path: Path, settings: Settings, forward: Forward) -> None:
+        self.name = name
+        self.path = path
+        self._settings = settings
+        self._forward = forward
+        self._current: LoadedModel | None = None
         self._load_error: str | None = "the model is loading"
         self._failed_signature: tuple[int, int, int] | None = None
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
         self._batcher: Batcher[LoadedModel] = Batcher(
-            self.forward,
+            forward,
             settings.max_batch_size,
             settings.max_batch_delay_s,
             settings.max_queue_images,
-            on_batch=_record_batch,
+            on_batch=lambda size, seconds: _record_batch(name, size, seconds),
         )
-        self._housekeeper: threading.Thread | None = None
 
     @property
-    def model(self) -> LoadedModel | None:
-        """The model serving now, or None before the first successful load."""
-        return self._model
-
-    @property
-    def ready(self) -> bool:
-        """True once a model is loaded and warmed up."""
-        return self._model is not None
+    def current(self) -> LoadedModel | None:
+        """The version serving now, or None before the first successful load."""
+        return self._current
 
     @property
     def load_error(self) -> str | None:
-        """Why no model serves yet (None once one does)."""
-        return None if self._model is not None else self._load_error
+        """Why no version serves (None once one does)."""
+        return None if self._current is not None else self._load_error
+
+    def reload(self) -> bool:
+        """Loads the file when it changed since the last attempt; True when a new version serves.
+
+        A file that fails to load leaves the current version serving; the failure is logged and
+        counted, and not retried until the file changes again.
+        """
+        try:
+            signature = file_signature(self.path)
+        except OSError:
+            self._load_error = f"no checkpoint at {self.path}"
+            return False
+        current = self._current
+        if signature in (self._failed_signature, current and current.file_signature):
+            return False
+        try:
+            loaded = load_model(self.path, self.name, signature)
+            self._warm_up(loaded)
+        except Exception as exc:  # a refused file must never take the serving version down
+            self._failed_signature = signature
+            self._load_error = str(exc)
+            metrics.RELOADS.labels("failed").inc()
+            log.error("checkpoint rejected, keeping the current model: %s", exc)
+            return False
+        self._current = loaded
+        self._failed_signature = None
+        metrics.RELOADS.labels("loaded").inc()
+        if current is not None:
+            metrics.MODEL_INFO.labels(current.name, current.version).set(0)
+        metrics.MODEL_INFO.labels(loaded.name, loaded.version).set(1)
+        log.info(
+            "serving model %s version %s (%d parameters)",
+            loaded.name,
+            loaded.version,
+            loaded.summary.parameters,
+        )
+        return True
+
+    def unload(self) -> None:
+        """Stops advertising this model (its file is gone); requests holding it still finish."""
+        current, self._current = self._current, None
+        self._load_error = f"no checkpoint at {self.path}"
+        if current is not None:
+            metrics.MODEL_INFO.labels(current.name, current.version).set(0)
+            log.info("unloaded model %s (its file was removed)", self.name)
+
+    def infer(self, prepare: Prepare) -> Inference:
+        """Runs `prepare(model)` for the version serving now, then its pixels through the model.
+
+        `prepare` decodes or converts the request's input into (N, C, H, W) pixels for that
+        version (uint8 0-255, or float32 on the same scale); every row of the answer comes from
+        that version. Raises ModelUnavailable before one is loaded, Overloaded when the queue is
+        full and TimeoutError when no forward pass ran within the request timeout.
+        """
+        model = self._current
+        if model is None:
+            raise ModelUnavailable(f"model {self.name!r} is not loaded: {self._load_error}")
+        decode_s = 0.0
+
+        def timed_prepare() -> torch.Tensor:
+            nonlocal decode_s
+            started = time.perf_counter()
+            pixels = prepare(model)
+            decode_s = time.perf_counter() - started
+            return pixels
+
+        results = self._batcher.run(model, timed_prepare, self._settings.request_timeout_s)
+        probabilities = torch.cat([r.outputs for r in results]) if len(results) > 1 else None
+        return Inference(
+            model=model,
+            probabilities=results[0].outputs if probabilities is None else probabilities,
+            decode_s=decode_s,
+            queue_s=max(r.queue_s for r in results),
+            inference_s=sum(r.inference_s for r in results),
+        )
+
+    def _warm_up(self, model: LoadedModel) -> None:
+        """Runs every batch size once, largest first, so no request pays for a first pass.
+
+        oneDNN builds (JIT-compiles) its kernels per input shape on first use; warming each
+        size up front keeps that cost, and the memory it holds, out of the serving time.
+        """
+        shape = model.checkpoint.config.input_shape
+        for size in range(self._settings.max_batch_size, 0, -1):
+            self._forward(model, torch.zeros((size, *shape), dtype=torch.uint8))
+
+
+class Engine:
+    """Owns the models of one worker process: finds their files, loads, reloads and runs them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._models: dict[str, ServedModel] = {}
+        self._default_name: str | None = None
+        self._scan_error: str | None = "the model is loading"
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._housekeeper: threading.Thread | None = None
+
+    @property
+    def models(self) -> dict[str, ServedModel]:
+        """Every model found, by name (a snapshot: reloads replace the dict, never mutate it)."""
+        return self._models
+
+    def get(self, name: str) -> ServedModel | None:
+        """The model served under `name`, or None."""
+        return self._models.get(name)
+
+    @property
+    def default(self) -> ServedModel | None:
+        """The model /v1/predict and /v1/model serve."""
+        return self._models.get(self._default_name) if self._default_name else None
+
+    @property
+    def model(self) -> LoadedModel | None:
+        """The default model's serving version, or None before one is loaded."""
+        default = self.default
+        return default.current if default is not None else None
+
+    @property
+    def ready(self) -> bool:
+        """True once the default model is loaded and warmed up."""
+        return self.model is not None
+
+    @property
+    def load_error(self) -> str | None:
+        """Why the default model does not serve (None once it does)."""
+        default = self.default
+        if default is None:
+            return self._scan_error
+        return default.load_error
 
     def start(self) -> None:
-        """Sets the thread and heap budget, loads the model and starts the housekeeping thread.
+        """Sets the thread and heap budget, loads the models and starts the housekeeping thread.
 
         The first load runs before start() returns, so a gunicorn worker accepts connections
-        only once its model is warm; when it fails (no file yet, a bad file), the worker still
-        serves /healthz and a 503 /readyz while the housekeeping thread keeps trying.
+        only once its models are warm; when the default one fails (no file yet, a bad file),
+        the worker still serves /healthz and a 503 /readyz while housekeeping keeps trying.
         """
         torch.set_num_threads(self.settings.torch_threads)
         heap.use_single_arena()
@@ -162,57 +248,25 @@ class Engine:
         self._stop.set()
 
     def reload(self) -> bool:
-        """Loads the checkpoint when its file changed since the last attempt.
-
-        Returns True when a new model now serves. A checkpoint that fails to load leaves the
-        current model serving; the failure is logged and counted, and not retried until the
-        file changes again.
-        """
-        path = self.settings.model_path
+        """Looks for new, changed and removed checkpoint files; True when a new version serves."""
         with self._lock:
-            try:
-                signature = _file_signature(path)
-            except OSError:
-                self._load_error = f"no checkpoint at {path}"
-                return False
-            current = self._model
-            if signature in (self._failed_signature, current and current.file_signature):
-                return False
-            try:
-                loaded = self._load(path, signature)
-            except (CheckpointError, OSError, RuntimeError) as exc:
-                self._failed_signature = signature
-                self._load_error = str(exc)
-                metrics.RELOADS.labels("failed").inc()
-                log.error("checkpoint rejected, keeping the current model: %s", exc)
-                return False
-            self._model = loaded
-            self._failed_signature = None
-            metrics.RELOADS.labels("loaded").inc()
-            if current is not None:
-                metrics.MODEL_INFO.labels(current.name, current.version).set(0)
-            metrics.MODEL_INFO.labels(loaded.name, loaded.version).set(1)
-            log.info(
-                "serving model %s version %s (%d parameters)",
-                loaded.name,
-                loaded.version,
-                loaded.summary.parameters,
-            )
-            return True
-
-    @contextlib.contextmanager
-    def request(self) -> Iterator[None]:
-        """Wraps a request that is about to submit images, so a forming batch waits for it."""
-        with self._batcher.expect():
-            yield
-
-    def submit(self, model: LoadedModel, pixels: torch.Tensor) -> PendingPrediction:
-        """Queues (N, C, H, W) uint8 pixels prepared for `model`; raises Overloaded when full."""
-        ticket = self._batcher.submit(model, pixels)
-        return PendingPrediction(model, ticket, self.settings.request_timeout_s)
+            found = self._find_files()
+            models = dict(self._models)
+            changed = False
+            for name, path in found.items():
+                served = models.get(name)
+                if served is None:
+                    served = models[name] = ServedModel(name, path, self.settings, self.forward)
+                changed |= served.reload()
+            if self.settings.model_dir is not None:
+                for name in set(models) - set(found):
+                    models.pop(name).unload()
+            self._default_name = self._pick_default(models)
+            self._models = models
+            return changed
 
     def forward(self, model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) uint8 pixels -> (N, classes) float32 probabilities, one forward pass.
+        """(N, C, H, W) pixels on the 0-255 scale -> (N, classes) float32 probabilities.
 
         Equal within float tolerance to softmax(model(preprocessing.normalize(pixels))) on the
         checkpoint's plain eager model (tests/service/test_engine.py proves it).
@@ -220,7 +274,7 @@ class Engine:
         with torch.inference_mode():
             # One copy converts to float and to channels_last (NHWC in memory), the layout the
             # oneDNN kernels want; the in-place multiply-add keeps it.
-            inputs = pixels.to(torch.float32, memory_format=torch.channels_last)
+            inputs = pixels.to(torch.float32, memory_format=torch.channels_last, copy=True)
             inputs.mul_(model.scale).add_(model.shift)
             with self._autocast():
                 logits = model.module(inputs)
@@ -231,35 +285,43 @@ class Engine:
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _load(self, path: Path, signature: tuple[int, int, int]) -> LoadedModel:
-        started = time.perf_counter()
-        version = checkpoint_version(path)
-        checkpoint = load_checkpoint(path)
-        module = checkpoint.build_model()
-        summary = module.summary()
-        scale, shift = normalization_constants(checkpoint)
-        name = str(checkpoint.training.get("name") or path.stem)
-        loaded = LoadedModel(
-            checkpoint, prepare_module(module), name, version, summary, signature, scale, shift
-        )
-        self._warm_up(loaded)
-        log.info("loaded %s in %.2fs", path, time.perf_counter() - started)
-        return loaded
+    def _find_files(self) -> dict[str, Path]:
+        """Served name -> checkpoint file: the one model_path, or each checkpoint of model_dir."""
+        directory = self.settings.model_dir
+        if directory is None:
+            path = self.settings.model_path
+            return {path.stem: path}
+        try:
+            candidates = sorted(directory.glob("*.pt"))
+        except OSError as exc:
+            self._scan_error = f"cannot list {directory}: {exc}"
+            return {}
+        found: dict[str, Path] = {}
+        for path in candidates:
+            # Hidden files are in-progress copies; *.state.pt is convserve-train's resume state.
+            if path.name.startswith(".") or path.name.endswith(".state.pt"):
+                continue
+            if not MODEL_NAME.match(path.stem):
+                log.warning("skipping %s: its name is not a valid model name", path)
+                continue
+            found[path.stem] = path
+        self._scan_error = f"no checkpoint in {directory}" if not found else None
+        return found
 
-    def _warm_up(self, model: LoadedModel) -> None:
-        """Runs every batch size once, largest first, so no request pays for a first pass.
-
-        oneDNN builds (JIT-compiles) its kernels per input shape on first use; warming each
-        size up front keeps that cost, and the memory it holds, out of the serving time.
-        """
-        shape = model.checkpoint.config.input_shape
-        for size in range(self.settings.max_batch_size, 0, -1):
-            self.forward(model, torch.zeros((size, *shape), dtype=torch.uint8))
+    def _pick_default(self, models: dict[str, ServedModel]) -> str | None:
+        wanted = self.settings.default_model
+        if wanted is not None:
+            return wanted if wanted in models else None
+        if self.settings.model_dir is None:
+            return self.settings.model_path.stem
+        if "model" in models:
+            return "model"
+        return min(models) if models else None
 
     def _housekeep(self) -> None:
-        """Checks the checkpoint every reload_interval_s and trims the heap every second.
+        """Checks the checkpoints every reload_interval_s and trims the heap every second.
 
-        With reload_interval_s = 0 the checkpoint is only checked until a model serves.
+        With reload_interval_s = 0 the files are only checked until the default model serves.
         """
         interval = self.settings.reload_interval_s
         next_check = time.monotonic()
@@ -267,7 +329,7 @@ class Engine:
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_check:
-                if interval > 0 or self._model is None:
+                if interval > 0 or not self.ready:
                     try:
                         self.reload()
                     except Exception:
@@ -279,28 +341,6 @@ class Engine:
             self._stop.wait(max(0.0, min(next_check, next_trim) - time.monotonic()))
 
 
-def prepare_module(module: nn.Module) -> nn.Module:
-    """The eval-mode module with its weights in channels_last layout, ready to serve.
-
-    With NCHW weights eager CPU max-pooling falls back to a slow scalar kernel; channels_last
-    keeps every layer on the vectorized oneDNN/NHWC kernels (3x faster, see bench/results.md).
-    """
-    return module.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-
-
-def normalization_constants(checkpoint: Checkpoint) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift), each (C, 1, 1): (x / 255 - mean) / std == x * scale + shift."""
-    pre = checkpoint.preprocessing
-    mean = torch.tensor(pre.mean, dtype=torch.float64).view(-1, 1, 1)
-    std = torch.tensor(pre.std, dtype=torch.float64).view(-1, 1, 1)
-    return (1.0 / (255.0 * std)).float(), (-mean / std).float()
-
-
-def _record_batch(size: int, seconds: float) -> None:
-    metrics.BATCH_SIZE.observe(size)
-    metrics.INFERENCE_DURATION.observe(seconds)
-
-
-def _file_signature(path: Path) -> tuple[int, int, int]:
-    stat = os.stat(path)
-    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+def _record_batch(model: str, size: int, seconds: float) -> None:
+    metrics.BATCH_SIZE.labels(model).observe(size)
+    metrics.INFERENCE_DURATION.labels(model).observe(seconds)

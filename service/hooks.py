@@ -22,7 +22,9 @@ _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 def init_request_hooks(app: Flask, settings: Settings) -> None:
     """Registers the before/after hooks that every request goes through."""
-    protected = {"/v1/predict", "/v1/model"}
+    protected = {"/v1/predict", "/v1/model", "/v1/models"}
+    # Every route that names a model, in each protocol.
+    protected_prefixes = ("/v1/models/", "/v2/models/", "/predictions/")
     if settings.metrics_need_api_key:
         protected.add("/metrics")
     expected = settings.api_key.get_secret_value().encode() if settings.api_key else None
@@ -35,7 +37,9 @@ def init_request_hooks(app: Flask, settings: Settings) -> None:
         g.measured = request.path not in _PROBES
         if g.measured:
             metrics.INFLIGHT.inc()
-        if expected is not None and request.path in protected:
+        if expected is not None and (
+            request.path in protected or request.path.startswith(protected_prefixes)
+        ):
             _check_api_key(expected)
 
     @app.after_request
@@ -68,7 +72,8 @@ def _check_api_key(expected: bytes) -> None:
 def _observe(response: Response) -> None:
     seconds = time.perf_counter() - g.started
     endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    metrics.REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+    model = g.get("model_name", "")  # set only for a model that exists: the label stays bounded
+    metrics.REQUESTS.labels(endpoint, request.method, str(response.status_code), model).inc()
     metrics.REQUEST_DURATION.labels(endpoint).observe(seconds)
     access_log.info(
         "%s %s %d",

@@ -38,7 +38,9 @@ _LATENCY_BUCKETS = (
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 REQUESTS = Counter(
-    "convserve_requests_total", "HTTP requests answered.", ["endpoint", "method", "status"]
+    "convserve_requests_total",
+    "HTTP requests answered.",
+    ["endpoint", "method", "status", "model"],
 )
 REQUEST_DURATION = Histogram(
     "convserve_request_duration_seconds",
@@ -54,10 +56,13 @@ DECODE_DURATION = Histogram(
 INFERENCE_DURATION = Histogram(
     "convserve_inference_duration_seconds",
     "One forward pass of the model.",
+    ["model"],
     buckets=_LATENCY_BUCKETS,
 )
-BATCH_SIZE = Histogram("convserve_batch_size", "Images per forward pass.", buckets=_BATCH_BUCKETS)
-PREDICTIONS = Counter("convserve_predictions_total", "Predicted top-1 labels.", ["label"])
+BATCH_SIZE = Histogram(
+    "convserve_batch_size", "Images per forward pass.", ["model"], buckets=_BATCH_BUCKETS
+)
+PREDICTIONS = Counter("convserve_predictions_total", "Predicted top-1 labels.", ["label", "model"])
 INFLIGHT = Gauge(
     "convserve_inflight_requests", "Requests being handled.", multiprocess_mode="livesum"
 )

@@ -10,12 +10,21 @@ from pydantic import BaseModel
 
 from service.config import Settings
 from service.errors import PROBLEM_CONTENT_TYPE
-from service.schemas import Health, ModelInfo, PredictJSONRequest, PredictResponse, ProblemDetail
+from service.schemas import (
+    Health,
+    ModelInfo,
+    ModelList,
+    PredictJSONRequest,
+    PredictQuery,
+    PredictResponse,
+    ProblemDetail,
+)
 
 _SCHEMAS: tuple[type[BaseModel], ...] = (
     PredictJSONRequest,
     PredictResponse,
     ModelInfo,
+    ModelList,
     Health,
     ProblemDetail,
 )
@@ -38,7 +47,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
         info={"description": "Image classification with a CNN: POST images, get class scores."},
     )
     for model in _SCHEMAS:
-        _add_schema(spec, model)
+        add_schema(spec, model)
     spec.components.schemas["PredictJSONRequest"]["properties"]["images"]["items"] = _BASE64_ITEM
     secured = settings.api_key is not None
     if secured:
@@ -48,13 +57,18 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
         path="/v1/model",
         operations={
             "get": _operation(
-                "The model being served: classes, input, normalization, architecture, training.",
+                "The default model: classes, input, normalization, architecture, training.",
                 _json_response("ModelInfo"),
-                (401,) if secured else (),
+                (401, 503) if secured else (503,),
                 secured,
             )
         },
     )
+    _add_named_model_paths(spec, secured)
+    # Imported here: the protocol paths are built with this module's helpers.
+    from service.openapi_protocols import add_protocol_paths
+
+    add_protocol_paths(spec, secured)
     for path, summary in (
         ("/healthz", "200 while the process serves."),
         ("/readyz", "200 once the model is loaded and warmed up, 503 before."),
@@ -76,20 +90,52 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
     return spec.to_dict()
 
 
-def _predict_operation(secured: bool) -> dict[str, Any]:
+def _add_named_model_paths(spec: APISpec, secured: bool) -> None:
+    errors = (401, 404, 503) if secured else (404, 503)
+    spec.path(
+        path="/v1/models",
+        operations={
+            "get": _operation(
+                "Every model this server found, by name, with its serving version.",
+                _json_response("ModelList"),
+                (401,) if secured else (),
+                secured,
+            )
+        },
+    )
+    info = _operation("The model served as {name}.", _json_response("ModelInfo"), errors, secured)
+    info["parameters"] = [MODEL_NAME_PARAMETER]
+    spec.path(path="/v1/models/{name}", operations={"get": info})
+    predict = _predict_operation(secured, named=True)
+    predict["parameters"].insert(0, MODEL_NAME_PARAMETER)
+    spec.path(path="/v1/models/{name}/predict", operations={"post": predict})
+
+
+MODEL_NAME_PARAMETER = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "The model's name: its checkpoint's file stem.",
+    "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+}
+
+
+def _predict_operation(secured: bool, named: bool = False) -> dict[str, Any]:
+    errors = (400, 413, 415, 422, 503) + ((404,) if named else ())
     operation = _operation(
         "Classify one image (raw body) or a batch (multipart/form-data or JSON base64).",
         _json_response("PredictResponse"),
-        (400, 401, 413, 415, 422, 503) if secured else (400, 413, 415, 422, 503),
+        (401, *errors) if secured else errors,
         secured,
     )
+    top_k = PredictQuery.model_json_schema()["properties"]["top_k"]
     operation["parameters"] = [
         {
             "name": "top_k",
             "in": "query",
             "required": False,
-            "description": "How many classes to list in top_k, best first (capped at the classes).",
-            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5},
+            "description": top_k["description"],
+            "schema": {k: top_k[k] for k in ("type", "minimum", "maximum", "default")},
         }
     ]
     operation["requestBody"] = {
@@ -111,7 +157,7 @@ def _predict_operation(secured: bool) -> dict[str, Any]:
                     "additionalProperties": False,
                 }
             },
-            "application/json": {"schema": _ref("PredictJSONRequest")},
+            "application/json": {"schema": ref("PredictJSONRequest")},
         },
     }
     return operation
@@ -124,7 +170,7 @@ def _operation(
     for status in errors:
         responses[str(status)] = {
             "description": "Problem details (RFC 9457).",
-            "content": {PROBLEM_CONTENT_TYPE: {"schema": _ref("ProblemDetail")}},
+            "content": {PROBLEM_CONTENT_TYPE: {"schema": ref("ProblemDetail")}},
         }
     operation: dict[str, Any] = {"summary": summary, "responses": responses}
     if secured:
@@ -135,15 +181,17 @@ def _operation(
 def _json_response(schema: str) -> dict[str, Any]:
     return {
         "description": schema,
-        "content": {"application/json": {"schema": _ref(schema)}},
+        "content": {"application/json": {"schema": ref(schema)}},
     }
 
 
-def _ref(schema: str) -> dict[str, str]:
+def ref(schema: str) -> dict[str, str]:
+    """A $ref to the component schema named `schema`."""
     return {"$ref": f"#/components/schemas/{schema}"}
 
 
-def _add_schema(spec: APISpec, model: type[BaseModel]) -> None:
+def add_schema(spec: APISpec, model: type[BaseModel]) -> None:
+    """Adds `model`'s JSON schema, and those it refers to, to the document's components."""
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
     for name, definition in schema.pop("$defs", {}).items():
         if name not in spec.components.schemas:

@@ -129,3 +129,129 @@ class ProblemDetail(BaseModel):
     status: int
     detail: str
     request_id: str
+
+
+class ServedModelEntry(BaseModel):
+    """One model of GET /v1/models."""
+
+    name: str = Field(description="The name it is served under (its checkpoint's file stem).")
+    version: str | None = Field(description="Content hash of the version serving now.")
+    ready: bool
+    default: bool = Field(description="True for the model /v1/predict and /v1/model serve.")
+    detail: str | None = Field(None, description="Why it does not serve, when it does not.")
+
+
+class ModelList(BaseModel):
+    """GET /v1/models: every model this server found, by name."""
+
+    models: list[ServedModelEntry]
+
+
+# Open Inference Protocol v2 (KServe required API, Triton's binary and classification extensions)
+
+
+class V2Error(BaseModel):
+    """Every error of the v2 routes."""
+
+    error: str
+
+
+class V2Live(BaseModel):
+    """GET /v2/health/live."""
+
+    live: bool
+
+
+class V2Ready(BaseModel):
+    """GET /v2/health/ready."""
+
+    ready: bool
+
+
+class V2ModelReady(BaseModel):
+    """GET /v2/models/{name}[/versions/{version}]/ready."""
+
+    name: str
+    ready: bool
+
+
+class V2ServerMetadata(BaseModel):
+    """GET /v2."""
+
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2TensorMetadata(BaseModel):
+    """One input or output of a model; -1 marks a dimension of any size."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ModelMetadata(BaseModel):
+    """GET /v2/models/{name}[/versions/{version}]."""
+
+    name: str
+    versions: list[str] = Field(description="Content hash of the checkpoint serving now.")
+    platform: str
+    inputs: list[V2TensorMetadata]
+    outputs: list[V2TensorMetadata]
+
+
+class V2InferInput(BaseModel):
+    """One input tensor; `data` is absent when the tensor travels as binary after the JSON."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, object] | None = None
+    data: list[object] | None = None
+
+
+class V2RequestedOutput(BaseModel):
+    """An output the client asks for (`binary_data`, `classification` in parameters)."""
+
+    name: str
+    parameters: dict[str, object] | None = None
+
+
+class V2InferRequest(BaseModel):
+    """POST /v2/models/{name}[/versions/{version}]/infer (the JSON part of a binary body)."""
+
+    id: str | None = None
+    parameters: dict[str, object] | None = None
+    inputs: list[V2InferInput]
+    outputs: list[V2RequestedOutput] | None = None
+
+
+class V2InferOutput(BaseModel):
+    """One output tensor; `data` is absent when it travels as binary after the JSON."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, object] | None = None
+    data: list[object] | None = None
+
+
+class V2InferResponse(BaseModel):
+    """200 answer of infer."""
+
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[V2InferOutput]
+
+
+# TorchServe-compatible routes
+
+
+class TorchServeError(BaseModel):
+    """Every error of /ping and /predictions, as TorchServe writes them."""
+
+    code: int
+    type: str
+    message: str

@@ -14,19 +14,13 @@ from flask import Request
 from pydantic import ValidationError
 
 from service.config import Settings
-from service.errors import Problem
+from service.errors import Problem, validation_summary
 from service.schemas import PredictJSONRequest
 
 
 def read_uploads(request: Request, settings: Settings) -> list[bytes]:
     """The uploaded image files, in the order the client sent them."""
-    if request.content_length is not None and request.content_length > settings.max_upload_bytes:
-        raise Problem(
-            413,
-            "body-too-large",
-            f"The body has {request.content_length:,} bytes; at most "
-            f"{settings.max_upload_bytes:,} are accepted.",
-        )
+    _check_length(request, settings)
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
         files = _multipart(request)
@@ -48,6 +42,22 @@ def read_uploads(request: Request, settings: Settings) -> list[bytes]:
         )
     _check_count(len(files), settings)
     return files
+
+
+def read_body(request: Request, settings: Settings) -> bytes:
+    """The whole request body, whatever its type; 413 past the byte limit."""
+    _check_length(request, settings)
+    return _body(request, settings)
+
+
+def _check_length(request: Request, settings: Settings) -> None:
+    if request.content_length is not None and request.content_length > settings.max_upload_bytes:
+        raise Problem(
+            413,
+            "body-too-large",
+            f"The body has {request.content_length:,} bytes; at most "
+            f"{settings.max_upload_bytes:,} are accepted.",
+        )
 
 
 def _body(request: Request, settings: Settings) -> bytes:
@@ -88,10 +98,7 @@ def _json(body: bytes, settings: Settings) -> list[bytes]:
     try:
         parsed = PredictJSONRequest.model_validate(document)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}"
-            for error in exc.errors(include_url=False)[:5]
-        )
+        problems = validation_summary(exc)
         raise Problem(
             400, "malformed-body", f'Expected {{"images": [base64, ...]}}: {problems}'
         ) from exc

@@ -87,3 +87,18 @@ def make_image_folder(
             pixels = np.clip(colour + noise, 0, 255).astype(np.uint8)
             Image.fromarray(pixels, "RGB").save(root / name / f"{n}.{fmt}")
     return root
+
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def fashion_mnist_test_images(count: int, directory: Path = FASHION_MNIST_DIR) -> np.ndarray:
+    """The first `count` real Fashion-MNIST test images, (count, 28, 28) uint8, from the IDX file.
+
+    Raises FileNotFoundError when Debian's dataset-fashion-mnist is not installed.
+    """
+    with gzip.open(directory / f"{IDX_NAMES['test'][0]}.gz") as file:
+        header = file.read(16)
+        _, total, rows, cols = struct.unpack(">4I", header)
+        data = file.read(min(count, total) * rows * cols)
+    return np.frombuffer(data, dtype=np.uint8).reshape(-1, rows, cols)

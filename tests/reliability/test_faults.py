@@ -23,7 +23,12 @@ CONNECTIONS = 8
 
 def predictions_ok(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> float:
     return sample(
-        samples, "convserve_requests_total", endpoint="/v1/predict", method="POST", status="200"
+        samples,
+        "convserve_requests_total",
+        endpoint="/v1/predict",
+        method="POST",
+        status="200",
+        model="model",
     )
 
 

@@ -32,7 +32,33 @@ CONFIG = SchemathesisConfig.from_dict(
             "positive_data_acceptance": {"expected-statuses": ["2XX", "401", "413", "422", "503"]},
             # Too many images is refused (413) before each one is looked at.
             "negative_data_rejection": {"expected-statuses": ["400", "401", "413", "415", "422"]},
-        }
+        },
+        # Routes that name a model: a generated name is (almost always) no model here, a 404.
+        # The protocols' infer routes answer 400 for a schema-valid body that holds no image.
+        "operations": [
+            {
+                "include-path-regex": r"^/(v2/models|predictions)/",
+                "checks": {
+                    "positive_data_acceptance": {
+                        "expected-statuses": ["2XX", "400", "401", "404", "413", "422", "503"]
+                    },
+                    "negative_data_rejection": {
+                        "expected-statuses": ["400", "401", "404", "413", "415", "422"]
+                    },
+                },
+            },
+            {
+                "include-path-regex": r"^/v1/models/",
+                "checks": {
+                    "positive_data_acceptance": {
+                        "expected-statuses": ["2XX", "401", "404", "413", "422", "503"]
+                    },
+                    "negative_data_rejection": {
+                        "expected-statuses": ["400", "401", "404", "413", "415", "422"]
+                    },
+                },
+            },
+        ],
     }
 )
 # (method, path, mode): negative data only where there is something to violate.

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import inspect
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 import requests
 from flask import Flask
@@ -22,8 +24,25 @@ from tests.server import Server
 from tests.service.conftest import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-# Routes anyone may call: the probes, the API description and the (future) web page.
-PUBLIC = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/", "/static/<path:filename>"}
+# Routes anyone may call: the probes (each protocol's too), the API description and the
+# (future) web page.
+PUBLIC = {
+    *("/healthz", "/readyz", "/metrics", "/openapi.json", "/", "/static/<path:filename>"),
+    *("/v2", "/v2/health/live", "/v2/health/ready", "/ping"),
+}
+# A body each protocol's infer route accepts.
+V2_BODY = orjson.dumps(
+    {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [1],
+                "datatype": "BYTES",
+                "data": [base64.b64encode(png()).decode()],
+            }
+        ]
+    }
+)
 
 
 @pytest.fixture
@@ -57,7 +76,10 @@ def test_every_non_probe_route_needs_the_key(app: Flask, strict_server: Server) 
         {"Authorization": API_KEY},
         {"X-API-Key": API_KEY},
     ]
-    for method, path in protected:
+    version = strict_server.get("/readyz").json()["model_version"]
+    for method, rule in protected:
+        path = rule.replace("<name>", "model").replace("<model_version>", version)
+        body = V2_BODY if path.startswith("/v2/") else png()
         for headers in wrong:
             response = requests.request(
                 method, strict_server.url + path, headers=headers, data=png(), timeout=10
@@ -65,11 +87,12 @@ def test_every_non_probe_route_needs_the_key(app: Flask, strict_server: Server) 
             assert response.status_code == 401, (method, path, headers)
             assert_safe_answer(response)
             assert API_KEY not in response.text
+        content_type = "application/json" if path.startswith("/v2/") else "image/png"
         response = requests.request(
             method,
             strict_server.url + path,
-            headers={**AUTH, "Content-Type": "image/png"},
-            data=png(),
+            headers={**AUTH, "Content-Type": content_type},
+            data=body,
             timeout=10,
         )
         assert response.status_code == 200, (method, path, response.text)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -54,8 +56,53 @@ def test_batched_requests_get_the_eager_models_rows(engine: Engine) -> None:
     model = engine.model
     assert model is not None
     pixels = random_pixels(model, 40, seed=7)
-    pending = [engine.submit(model, pixels[i : i + 4]) for i in range(0, 40, 4)]
-    served = torch.cat([torch.tensor(p.result().probabilities) for p in pending])
+    served_model = engine.default
+    assert served_model is not None
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(
+            pool.map(
+                lambda i: served_model.infer(lambda _model: pixels[i : i + 4]), range(0, 40, 4)
+            )
+        )
+    assert all(answer.model is model for answer in answers)
+    served = torch.cat([answer.probabilities for answer in answers])
     torch.testing.assert_close(
         served, reference(engine.settings.model_path, pixels), rtol=1e-4, atol=1e-6
     )
+
+
+def test_a_model_folder_serves_each_file_under_its_stem(
+    tiny_checkpoint: Path, tiny_rgb_checkpoint: Path, tmp_path: Path
+) -> None:
+    shutil.copy(tiny_checkpoint, tmp_path / "model.pt")
+    shutil.copy(tiny_rgb_checkpoint, tmp_path / "rgb.pt")
+    (tmp_path / "model.state.pt").write_bytes(b"resume state, not a checkpoint")
+    engine = Engine(Settings(model_dir=tmp_path, reload_interval_s=0))
+    engine.reload()
+    assert sorted(engine.models) == ["model", "rgb"]
+    assert engine.default is engine.get("model") and engine.ready
+    rgb = engine.get("rgb")
+    assert rgb is not None and rgb.current is not None
+    assert rgb.current.classes == ["blue", "green", "red"]
+    answer = rgb.infer(lambda model: torch.zeros((2, *model.checkpoint.config.input_shape)))
+    assert answer.probabilities.shape == (2, 3) and answer.model is rgb.current
+
+    # A bad file is refused and the old version serves on; a removed file is unloaded.
+    serving = rgb.current
+    (tmp_path / "rgb.pt").write_bytes(b"corrupt")
+    assert not engine.reload()
+    assert rgb.current is serving
+    (tmp_path / "rgb.pt").unlink()
+    engine.reload()
+    assert sorted(engine.models) == ["model"] and rgb.current is None
+
+
+def test_the_default_model_can_be_named(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        shutil.copy(tiny_checkpoint, tmp_path / f"{name}.pt")
+    engine = Engine(Settings(model_dir=tmp_path, reload_interval_s=0))
+    engine.reload()
+    assert engine.default is engine.get("a")
+    named = Engine(Settings(model_dir=tmp_path, default_model="b", reload_interval_s=0))
+    named.reload()
+    assert named.default is named.get("b")

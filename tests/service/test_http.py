@@ -246,7 +246,7 @@ def test_error_table(server: Server, kwargs: dict[str, Any], status: int) -> Non
 
 
 def test_unknown_route_and_method_are_problems(server: Server) -> None:
-    assert_problem(server.get("/v2/nothing"), 404)
+    assert_problem(server.get("/v1/nothing"), 404)
     response = server.get("/v1/predict")
     assert_problem(response, 405)
     assert "POST" in response.headers["Allow"]

@@ -40,7 +40,7 @@ def scrape(server: Server) -> dict[str, dict[tuple[tuple[str, str], ...], float]
 
 def predict_ok_count(server: Server) -> float:
     counts = scrape(server).get("convserve_requests_total", {})
-    key = (("endpoint", "/v1/predict"), ("method", "POST"), ("status", "200"))
+    key = (("endpoint", "/v1/predict"), ("method", "POST"), ("model", "model"), ("status", "200"))
     return counts.get(key, 0.0)
 
 
@@ -94,11 +94,12 @@ def test_batches_and_predictions_are_counted(server: Server) -> None:
     labels = Counter(p["label"] for p in response.json()["predictions"])
     after = scrape(server)
     for label, count in labels.items():
-        key = (("label", label),)
+        key = (("label", label), ("model", "model"))
         previous = before.get("convserve_predictions_total", {}).get(key, 0.0)
         assert after["convserve_predictions_total"][key] - previous == count
-    images_before = before.get("convserve_batch_size_sum", {}).get((), 0.0)
-    assert after["convserve_batch_size_sum"][()] - images_before == 5
+    model = (("model", "model"),)  # the checkpoint's file stem
+    images_before = before.get("convserve_batch_size_sum", {}).get(model, 0.0)
+    assert after["convserve_batch_size_sum"][model] - images_before == 5
     assert after["convserve_inflight_requests"][()] == 0
     info = after["convserve_model_info"]
     version = server.get("/readyz").json()["model_version"]
