@@ -9,10 +9,9 @@ import orjson
 from flask import Flask, Response, g
 from werkzeug.exceptions import HTTPException
 
-log = logging.getLogger("convserve.errors")
+from service.problems import PROBLEM_CONTENT_TYPE, problem_document
 
-PROBLEM_CONTENT_TYPE = "application/problem+json"
-_TYPE_BASE = "https://convserve.dev/problems/"
+log = logging.getLogger("convserve.errors")
 
 
 class Problem(Exception):
@@ -36,13 +35,7 @@ def problem_response(
     status: int, kind: str, detail: str, headers: dict[str, str] | None = None
 ) -> Response:
     """The problem+json response, carrying the request id when there is one."""
-    body = {
-        "type": _TYPE_BASE + kind,
-        "title": HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-        "request_id": g.get("request_id", ""),
-    }
+    body = problem_document(status, kind, detail, g.get("request_id", ""))
     response = Response(orjson.dumps(body), status=status, content_type=PROBLEM_CONTENT_TYPE)
     response.headers.update(headers or {})
     return response

@@ -79,8 +79,10 @@ def on_starting(server: Any) -> None:
 
 
 def pre_fork(server: Any, worker: Any) -> None:
-    """Gives the worker its slot on the connection board (service.worker) before the fork."""
+    """Gives the worker its slot on the connection board (service.worker) and the settings
+    (its deadlines for reading requests) before the fork."""
     worker.board_slot = BOARD.claim()
+    worker.settings = _settings
 
 
 def child_exit(server: Any, worker: Any) -> None:
