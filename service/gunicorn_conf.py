@@ -13,8 +13,9 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
+from service.board import BOARD
 from service.config import Settings
-from service.worker import BOARD, ServiceWorker
+from service.worker import ServiceWorker
 
 _settings = Settings()
 

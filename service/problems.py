@@ -51,3 +51,14 @@ def raw_answer(status: int, kind: str, detail: str, request_id: str = "") -> byt
         "Cache-Control: no-store\r\n\r\n"
     )
     return head.encode("latin-1") + body
+
+
+# The problem type and detail for each status gunicorn answers a request it cannot parse with.
+PARSE_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("malformed-request", "The request is not valid HTTP/1.1."),
+    403: ("forbidden", "The request is refused."),
+    414: ("uri-too-long", "The request line is too long."),
+    417: ("expectation-failed", "Only 'Expect: 100-continue' is supported."),
+    431: ("headers-too-large", "The request has too many headers, or one that is too long."),
+    501: ("not-implemented", "The request uses a transfer coding that is not supported."),
+}

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from gunicorn.workers.gthread import TConn
 
 from service.config import Settings
 from service.framing import Limits, RequestFraming, Verdict
@@ -20,6 +23,22 @@ from service.framing import Limits, RequestFraming, Verdict
 # Largest read from a client at once. Large reads matter under load: each recv() gives up and
 # takes back the GIL, which request threads busy on the CPU may hold for milliseconds.
 _READ_BYTES = 1024 * 1024
+
+
+class ServiceConn(TConn):
+    """gthread's connection, with what the event loop learnt while reading its request."""
+
+    def __init__(self, cfg: Any, sock: Any, client: Any, server: Any) -> None:
+        super().__init__(cfg, sock, client, server)
+        self.body_buffered = True  # False: only the head was read (the body is refused)
+        self.chunked = False
+
+
+class Unfinished(NamedTuple):
+    """A thread's answer to finish_request: the next request began arriving but is not
+    complete; the event loop reads on from `data`."""
+
+    data: bytes
 
 
 @dataclass(frozen=True)

@@ -14,22 +14,13 @@ nothing is just closed); malformed framing gets a 400, an oversized head or chun
 after an answer that did not read the body (an early 413 or 401) is first drained for a bounded
 time and byte count, so a client that writes its whole body before reading sees the answer.
 
-gunicorn's workers all accept from one listening socket. A burst of new connections (a client
-opening its keep-alive pool) wakes every worker, and the first one awake takes the whole burst:
-with wrk's 32 connections, one of two workers held all 32 in 2 of 6 tries, and the server
-answered a third of the requests it does when they are split. So every worker posts how many
-connections it holds on a board in memory shared with the master, and a worker that holds more
-than another worker steps back from accepting for a few milliseconds, leaving the next
-connection to the less loaded one. Each pause is short and the worker accepts again after it,
-so no connection waits on a worker that cannot take it.
+Accepting is fair between workers (service/board.py).
 
 gthread hands every kept-alive connection back to its event loop after each response, so each
-request costs two hand-offs between threads (and a cold thread) before it is read. Measured with
-wrk at concurrency 1 on the echo route: p50 1.12 ms and 1.14 ms of CPU per request that way,
-0.53 ms and 0.56 ms when the thread that answered waits briefly for the connection's next request
-and reads it itself. So a thread does that for up to KEEPALIVE_HOLD_S, but only while no other
-connection is waiting for a thread, and only when that request arrives complete: then it hands
-the connection back as before.
+request costs two hand-offs between threads (and a cold thread) before it is read. So the thread
+that answered waits up to KEEPALIVE_HOLD_S for the connection's next request and serves it
+itself, but only while no other connection is waiting for a thread, and only when that request
+arrives complete; otherwise it hands the connection back.
 
 This reaches into gthread's internals: service/gthread_fence.py checks at import that they are
 still there.
@@ -39,24 +30,24 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import mmap
 import select
 import socket
 import threading
 import time
 from functools import partial
 from selectors import EVENT_READ
-from typing import Any, NamedTuple
+from typing import Any
 
 from gunicorn.http import RequestParser
 from gunicorn.http.errors import NoMoreData
-from gunicorn.workers.gthread import TConn, ThreadWorker
+from gunicorn.workers.gthread import ThreadWorker
 
+from service.board import BOARD
 from service.config import Settings
 from service.framing import Limits, Verdict
 from service.gthread_fence import check_gunicorn
-from service.problems import raw_answer
-from service.reading import Deadlines, Lingering, Reading, scratch_buffer
+from service.problems import PARSE_ERRORS, raw_answer
+from service.reading import Deadlines, Lingering, Reading, ServiceConn, Unfinished, scratch_buffer
 
 # How long a worker that is ahead leaves new connections to the others, seconds.
 ACCEPT_PAUSE_S = 0.005
@@ -64,67 +55,12 @@ ACCEPT_PAUSE_S = 0.005
 KEEPALIVE_HOLD_S = 0.002
 # How often the event loop looks for connections past their deadline, seconds.
 SWEEP_S = 0.1
-# How long a stopping worker keeps a connection that has not sent a byte yet, seconds.
+# How long a stopping worker keeps a connection that has not sent a byte yet, or a lingering
+# one, seconds.
 STOP_IDLE_S = 2.0
-_FREE = -1
-
-
-class ConnectionBoard:
-    """Connections held per worker slot, in an anonymous mapping shared across fork().
-
-    The master claims a slot for each worker before forking it and frees it when the worker
-    exits; the worker posts its count. Reads and writes of one aligned int need no lock.
-    """
-
-    def __init__(self, slots: int = 64) -> None:
-        self._map = mmap.mmap(-1, 4 * slots)
-        self._counts = memoryview(self._map).cast("i")
-        for slot in range(slots):
-            self._counts[slot] = _FREE
-
-    def claim(self) -> int | None:
-        """A free slot, now counting 0 connections (master only); None when all are taken."""
-        for slot, count in enumerate(self._counts):
-            if count == _FREE:
-                self._counts[slot] = 0
-                return slot
-        return None
-
-    def release(self, slot: int | None) -> None:
-        """Frees the slot of an exited worker (master only)."""
-        if slot is not None:
-            self._counts[slot] = _FREE
-
-    def post(self, slot: int, connections: int) -> None:
-        """Records how many connections the worker in `slot` holds."""
-        self._counts[slot] = connections
-
-    def fewest_elsewhere(self, slot: int) -> int | None:
-        """The smallest count among the other workers; None when there are none."""
-        others = [c for s, c in enumerate(self._counts) if c != _FREE and s != slot]
-        return min(others) if others else None
-
-
-BOARD = ConnectionBoard()
 
 
 check_gunicorn()
-
-
-class ServiceConn(TConn):
-    """gthread's connection, with what the event loop learnt while reading its request."""
-
-    def __init__(self, cfg: Any, sock: Any, client: Any, server: Any) -> None:
-        super().__init__(cfg, sock, client, server)
-        self.body_buffered = True  # False: only the head was read (the body is refused)
-        self.chunked = False
-
-
-class Unfinished(NamedTuple):
-    """A thread's answer to finish_request: the next request began arriving but is not
-    complete; the event loop reads on from `data`."""
-
-    data: bytes
 
 
 class _StatusOnly:
@@ -137,16 +73,6 @@ class _StatusOnly:
 
     def sendall(self, data: bytes) -> None:
         self.status = int(data.split(b" ", 2)[1])
-
-
-_PARSE_ERRORS = {
-    400: ("malformed-request", "The request is not valid HTTP/1.1."),
-    403: ("forbidden", "The request is refused."),
-    414: ("uri-too-long", "The request line is too long."),
-    417: ("expectation-failed", "Only 'Expect: 100-continue' is supported."),
-    431: ("headers-too-large", "The request has too many headers, or one that is too long."),
-    501: ("not-implemented", "The request uses a transfer coding that is not supported."),
-}
 
 
 class ServiceWorker(ThreadWorker):
@@ -318,10 +244,11 @@ class ServiceWorker(ThreadWorker):
         self._next_sweep = now + SWEEP_S
         if not self.alive and self._stopping_since is None:
             self._stopping_since = now
+        stopped = self._stopping_since is not None and now - self._stopping_since > STOP_IDLE_S
         for conn, reading in list(self._reading.items()):
             reason = reading.overdue(now, self._deadlines)
-            if reason is None and self._stopping_since is not None and not reading.data:
-                reason = "idle" if now - self._stopping_since > STOP_IDLE_S else None
+            if reason is None and stopped and not reading.data:
+                reason = "idle"
             if reason == "idle":
                 self._read_errors.labels(reason).inc()
                 self._drop(conn)
@@ -337,7 +264,7 @@ class ServiceWorker(ThreadWorker):
                     f"{self._deadlines.body_min_rate:g} bytes/s or faster.",
                 )
         for conn, lingering in list(self._lingering.items()):
-            if now > lingering.deadline:
+            if now > lingering.deadline or stopped:
                 self._drop(conn)
 
     # --- hand-offs between the event loop and the threads ----------------------------------
@@ -442,7 +369,7 @@ class ServiceWorker(ThreadWorker):
         a problem+json answer instead of its HTML page."""
         chosen = _StatusOnly()
         super().handle_error(req, chosen, addr, exc)
-        kind, detail = _PARSE_ERRORS.get(
+        kind, detail = PARSE_ERRORS.get(
             chosen.status, ("internal-error", "The server failed to answer this request.")
         )
         request_id = ""
