@@ -10,14 +10,18 @@ the gunicorn range the worker was tested with.
 from __future__ import annotations
 
 import inspect
+from types import ModuleType
 
 import gunicorn
+from gunicorn import util
+from gunicorn.http.parser import Parser
+from gunicorn.http.unreader import Unreader
 from gunicorn.workers.base import Worker
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-# What service.worker overrides or reads in gunicorn: methods (with their parameters) and the
-# attributes gthread's __init__ sets on the worker and on TConn.
-_OVERRIDDEN: dict[type, dict[str, tuple[str, ...]]] = {
+# What service.worker overrides, calls or reads in gunicorn: methods and functions (with their
+# parameters), and the attributes each class's __init__ sets.
+_OVERRIDDEN: dict[type | ModuleType, dict[str, tuple[str, ...]]] = {
     ThreadWorker: {
         "accept": ("self", "listener"),
         "enqueue_req": ("self", "conn"),
@@ -33,6 +37,10 @@ _OVERRIDDEN: dict[type, dict[str, tuple[str, ...]]] = {
     },
     Worker: {"handle_error": ("self", "req", "client", "addr", "exc")},
     TConn: {"__init__": ("self", "cfg", "sock", "client", "server"), "init": ("self",)},
+    Unreader: {"unread": ("self", "data"), "take_buffered": ("self",)},
+    Parser: {"__init__": ("self", "cfg", "source", "source_addr")},
+    # handle_error's answer is written by this; the worker reads its status line.
+    util: {"write_error": ("sock", "status_int", "reason", "mesg")},
 }
 _ATTRIBUTES: dict[type, tuple[str, ...]] = {
     ThreadWorker: (
@@ -44,6 +52,7 @@ _ATTRIBUTES: dict[type, tuple[str, ...]] = {
         "method_queue",
     ),
     TConn: ("parser", "sock", "client", "initialized", "is_http2"),
+    Unreader: ("buf",),
 }
 
 

@@ -87,12 +87,9 @@ class Reading:
 
     def receive(self, sock: socket.socket, scratch: bytearray) -> bool:
         """Appends what arrived (non-blocking socket); False when the client closed or failed."""
-        try:
-            count = sock.recv_into(scratch, _READ_BYTES)
-        except (BlockingIOError, InterruptedError):
+        count = _recv(sock, scratch)
+        if count is None:
             return True
-        except OSError:
-            return False
         if not count:
             return False
         self.data += memoryview(scratch)[:count]
@@ -125,14 +122,22 @@ class Lingering:
 
     def discard(self, sock: socket.socket, scratch: bytearray) -> bool:
         """Reads and drops what arrived; True when the connection can be closed now."""
-        try:
-            count = sock.recv_into(scratch, _READ_BYTES)
-        except (BlockingIOError, InterruptedError):
+        count = _recv(sock, scratch)
+        if count is None:
             return False
-        except OSError:
-            return True
         self.budget -= count
         return not count or self.budget <= 0
+
+
+def _recv(sock: socket.socket, scratch: bytearray) -> int | None:
+    """Bytes read into `scratch`; None when none are there yet, 0 when the client closed (or
+    the connection failed)."""
+    try:
+        return sock.recv_into(scratch, _READ_BYTES)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return 0
 
 
 def scratch_buffer() -> bytearray:
