@@ -95,6 +95,41 @@ class Settings(BaseSettings):
     reload_interval_s: float = Field(
         2.0, ge=0, description="Seconds between checks of the checkpoint for a new version; 0: off."
     )
+    client_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a client has to send a request line and headers, from its first "
+        "byte (or from connecting); then a 408, or a close when it sent nothing.",
+    )
+    client_body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds of each window over which a request body must arrive at "
+        "client_body_min_rate or faster (or be complete); a slower body gets a 408.",
+    )
+    client_body_min_rate: int = Field(
+        1024,
+        ge=1,
+        description="Slowest accepted body upload, bytes per second, averaged over each "
+        "client_body_timeout_s window.",
+    )
+    max_reading_connections: int = Field(
+        256,
+        ge=1,
+        description="Connections per worker whose request is still arriving; at this many the "
+        "worker stops accepting new connections until one completes or times out.",
+    )
+    lingering_close_s: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds a connection answered before its body was read (413, 401, 408...) "
+        "keeps being read and discarded before it closes, so the client sees the answer.",
+    )
+    lingering_close_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Bytes discarded at most in that time.",
+    )
 
     @model_validator(mode="after")
     def _size_to_cpu(self) -> Settings:

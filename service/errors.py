@@ -16,10 +16,9 @@ from flask import Flask, Response, current_app, g, has_request_context, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-log = logging.getLogger("convserve.errors")
+from service.problems import PROBLEM_CONTENT_TYPE, problem_document
 
-PROBLEM_CONTENT_TYPE = "application/problem+json"
-_TYPE_BASE = "https://convserve.dev/problems/"
+log = logging.getLogger("convserve.errors")
 
 
 class Problem(Exception):
@@ -69,13 +68,7 @@ def problem_response(
         response = Response(payload, status=status, content_type=content_type)
         response.headers.update(headers or {})
         return response
-    body = {
-        "type": _TYPE_BASE + kind,
-        "title": HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-        "request_id": g.get("request_id", ""),
-    }
+    body = problem_document(status, kind, detail, g.get("request_id", ""))
     response = Response(orjson.dumps(body), status=status, content_type=PROBLEM_CONTENT_TYPE)
     response.headers.update(headers or {})
     return response

@@ -13,8 +13,9 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
+from service.board import BOARD
 from service.config import Settings
-from service.worker import BOARD, ServiceWorker
+from service.worker import ServiceWorker
 
 _settings = Settings()
 
@@ -79,8 +80,10 @@ def on_starting(server: Any) -> None:
 
 
 def pre_fork(server: Any, worker: Any) -> None:
-    """Gives the worker its slot on the connection board (service.worker) before the fork."""
+    """Gives the worker its slot on the connection board (service.worker) and the settings
+    (its deadlines for reading requests) before the fork."""
     worker.board_slot = BOARD.claim()
+    worker.settings = _settings
 
 
 def child_exit(server: Any, worker: Any) -> None:

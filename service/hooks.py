@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 import time
 import uuid
 
@@ -13,10 +12,10 @@ from flask import Flask, Response, g, request
 from service import metrics
 from service.config import Settings
 from service.errors import Problem
+from service.problems import REQUEST_ID
 
 access_log = logging.getLogger("convserve.access")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
@@ -33,7 +32,7 @@ def init_request_hooks(app: Flask, settings: Settings) -> None:
     def _start() -> None:
         g.started = time.perf_counter()
         sent = request.headers.get("X-Request-ID", "")
-        g.request_id = sent if _REQUEST_ID.match(sent) else uuid.uuid4().hex
+        g.request_id = sent if REQUEST_ID.match(sent) else uuid.uuid4().hex
         g.measured = request.path not in _PROBES
         if g.measured:
             metrics.INFLIGHT.inc()

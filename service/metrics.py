@@ -73,6 +73,13 @@ MODEL_INFO = Gauge(
     multiprocess_mode="livemax",
 )
 SHED = Counter("convserve_shed_total", "Requests refused with 503 because the queue was full.")
+REQUEST_READ_ERRORS = Counter(
+    "convserve_request_read_errors_total",
+    "Connections the worker's event loop answered or closed while their request was still "
+    "arriving: idle (nothing sent), header_timeout, body_timeout (408), too_large (413/431), "
+    "malformed (400).",
+    ["reason"],
+)
 RELOADS = Counter(
     "convserve_model_reloads_total", "Checkpoint (re)load attempts by outcome.", ["outcome"]
 )

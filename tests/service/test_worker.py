@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.worker import ConnectionBoard
+from service.board import ConnectionBoard
 from tests.server import Server
 
 THREADS = 4
