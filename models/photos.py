@@ -35,9 +35,17 @@ _CHUNK = 512
 
 def render_photo(pixels: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """One (H, W) uint8 dataset image (bright object on black) as a decoded RGB product photo."""
+    with Image.open(io.BytesIO(render_photo_jpeg(pixels, rng))) as decoded:
+        return decoded.convert("RGB")
+
+
+def render_photo_jpeg(
+    pixels: np.ndarray, rng: np.random.Generator, scale: tuple[float, float] = SCALE
+) -> bytes:
+    """One (H, W) uint8 dataset image as the JPEG file of a product photo, enlarged `scale`."""
     height, width = pixels.shape
-    scale = rng.uniform(*SCALE)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    factor = rng.uniform(*scale)
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
     shape = Image.fromarray(pixels, "L").resize(size, Image.Resampling.BICUBIC)
     top, bottom = (int(m * size[1]) for m in rng.uniform(*MARGIN, size=2))
     left, right = (int(m * size[0]) for m in rng.uniform(*MARGIN, size=2))
@@ -49,9 +57,7 @@ def render_photo(pixels: np.ndarray, rng: np.random.Generator) -> Image.Image:
     photo.paste(_colour(ink), (left, top, left + size[0], top + size[1]), mask=shape)
     buffer = io.BytesIO()
     photo.save(buffer, "JPEG", quality=int(rng.integers(*JPEG_QUALITY, endpoint=True)))
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        return decoded.convert("RGB")
+    return buffer.getvalue()
 
 
 def photo_round_trip(

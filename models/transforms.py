@@ -66,6 +66,22 @@ class PhotoConversion:
             "work_scale": self.work_scale,
         }
 
+    def describe(self) -> dict[str, Any]:
+        """to_dict, with the steps in words and when they run (for /v1/model)."""
+        percent = f"{self.tolerance:.0%}"
+        return {
+            **self.to_dict(),
+            "applies_to": "images not already in dataset form (the model's input size with a "
+            f"dark corner background, within {percent} of black)",
+            "steps": [
+                "background: the median colour of the four corner pixels",
+                f"trim the edges within {percent} of the maximum intensity of the background",
+                "negate when the background is light, else subtract the background level",
+                f"fit the long edge to {self.extent:.0%} of the input, keeping the aspect ratio",
+                "centre on a black canvas of the input's size, brightest pixel stretched to 255",
+            ],
+        }
+
     def form(self, image: Image.Image, size: tuple[int, int]) -> Form:
         """'dataset' when `image` (L or RGB) already has `size` (width, height) and a dark
         corner background; 'photo' otherwise."""
@@ -100,7 +116,8 @@ class PhotoConversion:
         fitted = (max(1, round(obj.width * scale)), max(1, round(obj.height * scale)))
         obj = obj.resize(fitted, _RESAMPLING[resample])
         canvas = Image.new(image.mode, size)
-        canvas.paste(obj, ((width - fitted[0]) // 2, (height - fitted[1]) // 2))
+        # An odd leftover pixel goes before the object, as in Fashion-MNIST.
+        canvas.paste(obj, ((width - fitted[0] + 1) // 2, (height - fitted[1] + 1) // 2))
         result = _array(canvas)
         peak = float(result.max())
         return _image(result * (255.0 / peak), image.mode) if peak > 0 else canvas
@@ -175,6 +192,17 @@ class Preprocessing:
         photo = values.get("photo")
         values["photo"] = PhotoConversion.from_dict(photo) if photo else None
         return cls(**values)
+
+    def describe(self) -> dict[str, Any]:
+        """The steps an uploaded image goes through, in order, and the photo conversion."""
+        steps = [
+            f"convert to {self.mode} (transparency composited onto grey level {self.background})",
+            f"resize to {self.height}x{self.width} ({self.resample})",
+            "scale to 0-1, then subtract mean and divide by std per channel",
+        ]
+        if self.photo:
+            steps[1:1] = [f"photo conversion '{self.photo.name}' unless in dataset form"]
+        return {"steps": steps, "photo_conversion": self.photo.describe() if self.photo else None}
 
     def prepare(self, image: Image.Image) -> tuple[Image.Image, Form]:
         """Any PIL mode and size -> this mode at (height, width), and which form it came in."""

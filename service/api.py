@@ -9,11 +9,12 @@ import orjson
 import torch
 from flask import Blueprint, Response, current_app, g, request
 
+from models.transforms import Form
 from service import metrics
 from service.config import Settings
 from service.engine import Engine, LoadedModel, NotReady, Overloaded
 from service.errors import Problem
-from service.imaging import decode_image
+from service.imaging import decode_upload
 from service.uploads import read_uploads
 
 api = Blueprint("api", __name__)
@@ -54,7 +55,8 @@ def predict() -> Response:
     with engine.request():
         files = read_uploads(request, settings)
         decode_started = time.perf_counter()
-        pixels = torch.stack([_decode(data, model, settings) for data in files])
+        decoded = [_decode(data, model, settings) for data in files]
+        pixels = torch.stack([image for image, _ in decoded])
         decode_s = time.perf_counter() - decode_started
         try:
             pending = engine.submit(model, pixels)
@@ -67,7 +69,10 @@ def predict() -> Response:
         batch = pending.result()
     except NotReady as exc:
         raise Problem(503, "overloaded", str(exc), {"Retry-After": "1"}) from exc
-    predictions = [_prediction(row, model.classes, top_k) for row in batch.probabilities]
+    predictions = [
+        dict(_prediction(row, model.classes, top_k), preprocessing=form)
+        for row, (_, form) in zip(batch.probabilities, decoded, strict=True)
+    ]
     for prediction in predictions:
         metrics.PREDICTIONS.labels(prediction["label"]).inc()
     return json_response(
@@ -149,14 +154,15 @@ def describe_model(model: LoadedModel, settings: Settings) -> dict[str, Any]:
             ],
             "parameters": model.summary.parameters,
         },
+        "preprocessing": pre.describe(),
         "training": checkpoint.training,
         "precision": settings.precision,
     }
 
 
-def _decode(data: bytes, model: LoadedModel, settings: Settings) -> torch.Tensor:
+def _decode(data: bytes, model: LoadedModel, settings: Settings) -> tuple[torch.Tensor, Form]:
     started = time.perf_counter()
-    pixels = decode_image(
+    pixels = decode_upload(
         data,
         model.checkpoint.preprocessing,
         settings.max_image_pixels,
