@@ -43,7 +43,7 @@ class Recipe:
 
 
 PRESETS: dict[str, Recipe] = {
-    "default": Recipe(photos=0.25),
+    "default": Recipe(label_smoothing=0.1, photos=0.25),
     "best": Recipe(
         model=CNNConfig(
             channels=(32, 64), convs_per_block=2, batch_norm=True, dropout=0.25, hidden=128
