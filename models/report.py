@@ -1,4 +1,5 @@
-"""What a training run tells: its log lines, and metrics.json, curves.png, confusion.png."""
+"""What a training run tells: its log lines, metrics.json, curves.png and the confusion matrices
+(confusion.png, and confusion-photo.png for photo renderings of the test set)."""
 
 from __future__ import annotations
 
@@ -200,6 +201,8 @@ def write_reports(
     write_json(metrics, folder / "metrics.json")
     plot_curves(progress.history, folder / "curves.png")
     plot_confusion(tested["dataset"], best.classes, folder / "confusion.png")
+    if "photo" in tested:
+        plot_confusion(tested["photo"], best.classes, folder / "confusion-photo.png", "photo")
     log.info("model:\n%s", summary.to_text())
     for form, result in tested.items():
         per_class = "  ".join(f"{name} {share:.3f}" for name, share in result.per_class.items())
@@ -207,7 +210,7 @@ def write_reports(
     photo = tested.get("photo")
     log.info(
         "test accuracy %.4f on %d %s images%s (best epoch %d); %.1f s in all; wrote %s and "
-        "metrics.json, curves.png, confusion.png beside it",
+        "metrics.json, curves.png, confusion*.png beside it",
         tested["dataset"].accuracy,
         tested["dataset"].images,
         splits.test_name,
@@ -278,8 +281,11 @@ def plot_curves(history: Sequence[dict[str, float]], path: Path) -> None:
     _save(figure, path)
 
 
-def plot_confusion(evaluation: Evaluation, classes: Sequence[str], path: Path) -> None:
-    """confusion.png: the confusion matrix, rows normalized to the share of each true class."""
+def plot_confusion(
+    evaluation: Evaluation, classes: Sequence[str], path: Path, form: str = "dataset"
+) -> None:
+    """The confusion matrix of the test images in `form` ('dataset' or 'photo'), rows
+    normalized to the share of each true class."""
     counts = torch.tensor(evaluation.confusion, dtype=torch.float64)
     shares = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
     size = max(5.0, 0.6 * len(classes) + 2)
@@ -293,7 +299,7 @@ def plot_confusion(evaluation: Evaluation, classes: Sequence[str], path: Path) -
     axes.set(
         xlabel="predicted",
         ylabel="true",
-        title=f"test accuracy {evaluation.accuracy:.2%} ({evaluation.images} images)",
+        title=f"{form} form: test accuracy {evaluation.accuracy:.2%} ({evaluation.images} images)",
     )
     if len(classes) <= 20:
         for i in ticks:

@@ -8,7 +8,7 @@
 The loop reads top to bottom in `train`: data, model, optimizer, then per epoch one pass over
 the training split, validation, and the checkpoint kept when validation improved. At the end
 the best checkpoint is tested (on the dataset's images and on photo renderings of them) and
-metrics.json, curves.png and confusion.png are written beside it. Ctrl-C (or SIGTERM) stops
+metrics.json, curves.png and the confusion matrices are written beside it. Ctrl-C (or SIGTERM) stops
 cleanly: the checkpoint on disk stays valid, and `--resume` continues from the last completed
 epoch. Beside this file: the command line (cli.py), the presets (recipe.py), the resume state
 (resume.py), the augmentation (augment.py) and the reports (report.py).
@@ -211,10 +211,8 @@ def train_epoch(run: Run, epoch: int) -> report.EpochStats:
     started = time.perf_counter()
     with report.epoch_bar(run, epoch, len(indices)) as bar:
         for chunk in indices.split(run.batch):
-            pixels, labels = (
-                run.augment(run.splits.train.pixels[chunk], chunk),
-                run.splits.train.labels[chunk],
-            )
+            pixels = run.augment(run.splits.train.pixels[chunk], chunk)
+            labels = run.splits.train.labels[chunk]
             inputs = pre.normalize(pixels).contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=run.bf16):
                 logits = run.trainable(inputs)

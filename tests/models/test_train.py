@@ -47,12 +47,13 @@ def test_training_writes_checkpoint_and_reports(tiny_checkpoint: Path) -> None:
     assert training["test_split"] == "test" and training["world_size"] == 1
     folder = tiny_checkpoint.parent
     assert sorted(p.name for p in folder.iterdir()) == [
+        "confusion-photo.png",
         "confusion.png",
         "curves.png",
         "metrics.json",
         "model.pt",
     ]
-    for name in ("curves.png", "confusion.png"):
+    for name in ("curves.png", "confusion.png", "confusion-photo.png"):
         assert (folder / name).read_bytes()[:8] == PNG_MAGIC
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] == training["test_accuracy"]
@@ -63,6 +64,11 @@ def test_training_writes_checkpoint_and_reports(tiny_checkpoint: Path) -> None:
     assert metrics["model"]["parameters"] == checkpoint.build_model().summary().parameters
     assert metrics["timings"]["single_image_forward_ms"] > 0
     assert metrics["images"] == {"train": 108, "val": 12, "test": 40}
+    photo = metrics["photo_test"]
+    assert photo["accuracy"] == training["photo_test_accuracy"]
+    assert set(photo["per_class_accuracy"]) == set(FASHION_MNIST_CLASSES)
+    assert sum(map(sum, photo["confusion_matrix"])) == 40
+    assert metrics["photo_renderings"] == training["photo_renderings"] == 27  # 108 / 4
 
 
 def test_checkpoint_loads_with_plain_torch_weights_only(tiny_checkpoint: Path) -> None:
