@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset as TorchDataset
 
-from models.transforms import Mode, Preprocessing, compute_mean_std
+from models.transforms import Mode, PhotoConversion, Preprocessing, compute_mean_std
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,10 @@ FASHION_MNIST_CLASSES = (
     "Ankle boot",
 )
 MNIST_CLASSES = tuple(str(digit) for digit in range(10))
+# How each dataset was made from photos: Fashion-MNIST's objects fill the image's long side,
+# MNIST's digits fill a 20x20 box centred in 28x28.
+FASHION_MNIST_PHOTO = PhotoConversion()
+MNIST_PHOTO = PhotoConversion(extent=20 / 28)
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"})
 
@@ -154,12 +158,17 @@ def load_idx_split(directory: str | Path, split: str) -> ImageSet:
 
 
 def load_idx_dataset(
-    directory: str | Path, classes: Iterable[str], name: str, background: int = 0
+    directory: str | Path,
+    classes: Iterable[str],
+    name: str,
+    background: int = 0,
+    photo: PhotoConversion | None = None,
 ) -> Dataset:
     """An IDX dataset (train + test) whose preprocessing is L mode at the images' own size.
 
     mean/std come from the training images. `background` is the grey level transparent
-    uploads are composited onto (0: bright objects on black, as in (Fashion-)MNIST).
+    uploads are composited onto (0: bright objects on black, as in (Fashion-)MNIST); `photo`
+    the conversion that brings product photos into the dataset's form (None: none).
     """
     train = load_idx_split(directory, "train")
     test = load_idx_split(directory, "test")
@@ -177,18 +186,27 @@ def load_idx_dataset(
         mean=tuple(mean),
         std=tuple(std),
         background=background,
+        photo=photo,
     )
+    train = ImageSet(preprocessing.as_served(train.pixels), train.labels)
+    test = ImageSet(preprocessing.as_served(test.pixels), test.labels)
     return Dataset(name, names, preprocessing, train, test=test)
 
 
-def load_fashion_mnist(directory: str | Path = DEFAULT_FASHION_MNIST_DIR) -> Dataset:
-    """Fashion-MNIST (60,000 train + 10,000 test, 28x28 L) from its four official IDX files."""
-    return load_idx_dataset(directory, FASHION_MNIST_CLASSES, "fashion-mnist")
+def load_fashion_mnist(
+    directory: str | Path = DEFAULT_FASHION_MNIST_DIR, photo: bool = True
+) -> Dataset:
+    """Fashion-MNIST (60,000 train + 10,000 test, 28x28 L) from its four official IDX files.
+
+    With `photo` the preprocessing converts product photos the way the dataset was made.
+    """
+    conversion = FASHION_MNIST_PHOTO if photo else None
+    return load_idx_dataset(directory, FASHION_MNIST_CLASSES, "fashion-mnist", photo=conversion)
 
 
-def load_mnist(directory: str | Path) -> Dataset:
+def load_mnist(directory: str | Path, photo: bool = True) -> Dataset:
     """MNIST digits from its four official IDX files, read exactly like Fashion-MNIST."""
-    return load_idx_dataset(directory, MNIST_CLASSES, "mnist")
+    return load_idx_dataset(directory, MNIST_CLASSES, "mnist", photo=MNIST_PHOTO if photo else None)
 
 
 def load_image_folder(
@@ -196,6 +214,7 @@ def load_image_folder(
     size: tuple[int, int] = (32, 32),
     mode: Mode | None = None,
     background: int = 255,
+    photo: PhotoConversion | None = None,
 ) -> Dataset:
     """An image-folder tree ROOT/<class>/*.(png|jpg|jpeg|webp|bmp|gif), decoded once.
 
@@ -203,7 +222,8 @@ def load_image_folder(
     are; otherwise everything is `train` and training carves the validation split. `size` is
     (height, width); `mode` None picks L when every file is greyscale, else RGB. Each image goes
     through `Preprocessing.to_uint8` (EXIF orientation applied first, the first frame of an
-    animation); unreadable files are skipped, counted and logged, never fatal.
+    animation); unreadable files are skipped, counted and logged, never fatal. `photo` is the
+    conversion applied to every file first (None: none).
     """
     base = Path(root)
     split_roots = {name: base / name for name in ("train", "val", "test") if (base / name).is_dir()}
@@ -219,6 +239,7 @@ def load_image_folder(
         mean=(0.5,) * (1 if chosen == "L" else 3),
         std=(0.5,) * (1 if chosen == "L" else 3),
         background=background,
+        photo=photo,
     )
     decoded = {split: _decode_all(listing, preprocessing) for split, listing in files.items()}
     sets = {split: image_set for split, (image_set, _) in decoded.items()}
@@ -243,19 +264,23 @@ def load_dataset(
     directory: str | Path | None = None,
     size: tuple[int, int] = (32, 32),
     mode: Mode | None = None,
+    photo: bool | None = None,
 ) -> Dataset:
     """Loads 'fashion-mnist' (default directory DEFAULT_FASHION_MNIST_DIR), 'mnist' or 'folder'.
 
     `size` and `mode` apply to folders only; IDX datasets keep their own 28x28 L images.
+    `photo` turns the product-photo conversion on or off; None: on for the IDX datasets, off
+    for folders.
     """
     if kind == "fashion-mnist":
-        return load_fashion_mnist(directory or DEFAULT_FASHION_MNIST_DIR)
+        return load_fashion_mnist(directory or DEFAULT_FASHION_MNIST_DIR, photo is not False)
     if directory is None:
         raise DataError(f"dataset {kind!r} needs a data directory")
     if kind == "mnist":
-        return load_mnist(directory)
+        return load_mnist(directory, photo is not False)
     if kind == "folder":
-        return load_image_folder(directory, size=size, mode=mode)
+        conversion = PhotoConversion() if photo else None
+        return load_image_folder(directory, size=size, mode=mode, photo=conversion)
     raise DataError(f"unknown dataset kind {kind!r} (fashion-mnist, mnist or folder)")
 
 

@@ -6,9 +6,11 @@ import time
 from typing import Any
 
 import orjson
+import torch
 from flask import Blueprint, Response, current_app, g, request
 from pydantic import ValidationError
 
+from models.transforms import Form
 from service import metrics
 from service.config import Settings
 from service.errors import Problem
@@ -29,6 +31,7 @@ from service.schemas import (
     ModelList,
     Normalization,
     PredictQuery,
+    PreprocessingInfo,
     ServedModelEntry,
 )
 from service.uploads import read_uploads
@@ -58,16 +61,23 @@ def _predict(name: str | None) -> Response:
     served = served_model(name)
     serving_version(served)  # a 503 before anything is read when it cannot answer
     config = settings()
-    # The body is read inside the hand-off too, so a batch that is forming waits for it.
-    inference = predict_pixels(
-        served, lambda model: decode_files(read_uploads(request, config), model, config)
-    )
+    forms: list[Form] = []
+
+    def prepare(model: LoadedModel) -> torch.Tensor:
+        # The body is read inside the hand-off too, so a batch that is forming waits for it.
+        pixels, forms[:] = decode_files(read_uploads(request, config), model, config)
+        return pixels
+
+    inference = predict_pixels(served, prepare)
     model = inference.model
     rows = inference.probabilities.tolist()
     return json_response(
         {
             "model": {"name": model.name, "version": model.version},
-            "predictions": [_prediction(row, model.classes, top_k) for row in rows],
+            "predictions": [
+                dict(_prediction(row, model.classes, top_k), preprocessing=form)
+                for row, form in zip(rows, forms, strict=True)
+            ],
             "timing_ms": {
                 "decode": _ms(inference.decode_s),
                 "queue": _ms(inference.queue_s),
@@ -169,6 +179,7 @@ def describe_model(model: LoadedModel, settings: Settings) -> ModelInfo:
             ],
             parameters=model.summary.parameters,
         ),
+        preprocessing=PreprocessingInfo.model_validate(pre.describe()),
         training=checkpoint.training,
         precision=settings.precision,
     )

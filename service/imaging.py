@@ -16,7 +16,7 @@ import warnings
 import torch
 from PIL import AvifImagePlugin, Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from models.transforms import Preprocessing
+from models.transforms import Form, Preprocessing
 from service.errors import Problem
 
 log = logging.getLogger("convserve.imaging")
@@ -86,7 +86,18 @@ def decode_image(
     max_pixels: int,
     timeout_ms: float = DEFAULT_DECODE_TIMEOUT_MS,
 ) -> torch.Tensor:
-    """Decodes one uploaded file into the model's uint8 (C, H, W) input.
+    """Decodes one uploaded file into the model's uint8 (C, H, W) input (see decode_upload)."""
+    return decode_upload(data, preprocessing, max_pixels, timeout_ms)[0]
+
+
+def decode_upload(
+    data: bytes,
+    preprocessing: Preprocessing,
+    max_pixels: int,
+    timeout_ms: float = DEFAULT_DECODE_TIMEOUT_MS,
+) -> tuple[torch.Tensor, Form]:
+    """Decodes one uploaded file into the model's uint8 (C, H, W) input and says which form
+    it came in: 'photo' when the checkpoint's photo conversion ran, 'dataset' otherwise.
 
     The first frame of an animation is used and JPEG/TIFF EXIF orientation is applied.
     Raises Problem 413 when the image has more than `max_pixels` pixels and Problem 422 when
@@ -101,7 +112,7 @@ def decode_image(
     try:
         opened.decodermaxblock = DECODE_READ_BLOCK
         if opened.format in ("JPEG", "MPO"):  # MPO: multi-picture JPEG
-            side = max(preprocessing.width, preprocessing.height)
+            side = preprocessing.decode_side
             opened.draft(None, (side, side))
         opened.load()
         # A decoder that does its work in one call (AVIF decodes the whole frame in libavif)
@@ -119,7 +130,7 @@ def decode_image(
     _check_pixels(opened.size, max_pixels)  # again: a frame chosen at load (ICO, TIFF)
     image = _apply_orientation(opened)
     try:
-        return preprocessing.to_uint8(image)
+        return preprocessing.to_uint8_with_form(image)
     except Exception as exc:
         raise Problem(
             422, "undecodable-image", f"Images of mode {image.mode} cannot be converted."

@@ -12,11 +12,12 @@ import time
 import torch
 from flask import current_app, g
 
+from models.transforms import Form
 from service import metrics
 from service.config import Settings
 from service.engine import Engine, Inference, ModelUnavailable, Overloaded, Prepare, ServedModel
 from service.errors import Problem
-from service.imaging import decode_image
+from service.imaging import decode_upload
 from service.loading import LoadedModel
 
 _RETRY = {"Retry-After": "1"}
@@ -64,30 +65,33 @@ def serving_version(served: ServedModel, version: str | None = None) -> LoadedMo
     return model
 
 
-def decode_files(files: list[bytes], model: LoadedModel, settings: Settings) -> torch.Tensor:
-    """Uploaded image files -> (N, C, H, W) uint8 pixels for `model`, in the order given.
+def decode_files(
+    files: list[bytes], model: LoadedModel, settings: Settings
+) -> tuple[torch.Tensor, list[Form]]:
+    """Uploaded image files -> (N, C, H, W) uint8 pixels for `model`, in the order given, and
+    the form each came in ('photo' when the model's photo conversion ran on it).
 
     Raises Problem 413 (too many pixels) or 422 (not a readable image) for the first bad file.
     """
-    decoded = []
+    decoded, forms = [], []
     for data in files:
         started = time.perf_counter()
-        decoded.append(
-            decode_image(
-                data,
-                model.checkpoint.preprocessing,
-                settings.max_image_pixels,
-                settings.decode_timeout_ms,
-            )
+        pixels, form = decode_upload(
+            data,
+            model.checkpoint.preprocessing,
+            settings.max_image_pixels,
+            settings.decode_timeout_ms,
         )
         metrics.DECODE_DURATION.observe(time.perf_counter() - started)
-    return torch.stack(decoded)
+        decoded.append(pixels)
+        forms.append(form)
+    return torch.stack(decoded), forms
 
 
 def predict_files(served: ServedModel, files: list[bytes]) -> Inference:
     """Class probabilities for each uploaded image file, from the model's serving version."""
     config = settings()
-    return predict_pixels(served, lambda model: decode_files(files, model, config))
+    return predict_pixels(served, lambda model: decode_files(files, model, config)[0])
 
 
 def predict_pixels(served: ServedModel, prepare: Prepare) -> Inference:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -39,6 +41,10 @@ class Prediction(BaseModel):
     score: float
     top_k: list[ClassScore]
     scores: dict[str, float] = Field(description="Every class, probabilities summing to 1.")
+    preprocessing: Literal["dataset", "photo"] = Field(
+        description="Which form the image came in: 'photo' when the model's photo conversion "
+        "ran on it (see /v1/model), 'dataset' when it was already in the dataset's form."
+    )
 
 
 class ModelRef(BaseModel):
@@ -83,6 +89,24 @@ class Normalization(BaseModel):
     std: list[float]
 
 
+class PhotoConversionInfo(BaseModel):
+    """The dataset's conversion of product photos, stored in the checkpoint."""
+
+    name: str
+    tolerance: float = Field(description="Trim threshold, a share of the maximum intensity.")
+    extent: float = Field(description="The object's long edge as a share of the input's.")
+    work_scale: int = Field(description="Photos are first reduced to this many input sides.")
+    applies_to: str
+    steps: list[str]
+
+
+class PreprocessingInfo(BaseModel):
+    """What an uploaded image goes through before the network, in order."""
+
+    steps: list[str]
+    photo_conversion: PhotoConversionInfo | None
+
+
 class Layer(BaseModel):
     """One layer of the architecture summary."""
 
@@ -109,6 +133,7 @@ class ModelInfo(BaseModel):
     input: InputShape
     normalization: Normalization
     architecture: Architecture
+    preprocessing: PreprocessingInfo
     training: dict[str, object] = Field(description="Dataset, epochs, accuracy, date, ...")
     precision: str
 

@@ -61,7 +61,7 @@ def predictions(name: str, model_version: str | None = None) -> Response:
         return [body]
 
     answer = inference.predict_pixels(
-        served, lambda model: inference.decode_files(files(), model, config)
+        served, lambda model: inference.decode_files(files(), model, config)[0]
     )
     classes = answer.model.classes
     scores, indices = answer.probabilities.topk(min(TOP_K, len(classes)), dim=1)

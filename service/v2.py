@@ -116,7 +116,7 @@ def infer(name: str, model_version: str | None = None) -> Response:
         calls.append(parse_infer(body, request.headers.get(BINARY_HEADER), config))
         image = calls[0].image
         if image.files is not None:
-            return inference.decode_files(image.files, model, config)
+            return inference.decode_files(image.files, model, config)[0]
         return image.pixels(model)
 
     answer = inference.predict_pixels(served, prepare)

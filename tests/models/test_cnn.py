@@ -6,20 +6,12 @@ import pytest
 import torch
 
 from models.cnn import CNN, CNNConfig
-from models.train import PRESETS
+from models.recipe import PRESETS
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_presets_build_fashion_mnist_models(preset: str) -> None:
-    recipe = PRESETS[preset]
-    config = CNNConfig(
-        channels=recipe.channels,
-        convs_per_block=recipe.convs_per_block,
-        batch_norm=recipe.batch_norm,
-        dropout=recipe.dropout,
-        hidden=recipe.hidden,
-    )
-    model = CNN(config).eval()
+    model = CNN(PRESETS[preset].model).eval()
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
     summary = model.summary()
     assert summary.parameters == sum(p.numel() for p in model.parameters())

@@ -15,9 +15,12 @@ import pytest
 import torch
 
 from models import train as train_module
+from models.augment import random_shift
 from models.checkpoint import load_checkpoint
+from models.cli import config_from_args, parse_args, pick_threads
 from models.data import FASHION_MNIST_CLASSES
-from models.train import PRESETS, Settings, main
+from models.recipe import PRESETS, TrainConfig
+from models.train import main
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -44,12 +47,13 @@ def test_training_writes_checkpoint_and_reports(tiny_checkpoint: Path) -> None:
     assert training["test_split"] == "test" and training["world_size"] == 1
     folder = tiny_checkpoint.parent
     assert sorted(p.name for p in folder.iterdir()) == [
+        "confusion-photo.png",
         "confusion.png",
         "curves.png",
         "metrics.json",
         "model.pt",
     ]
-    for name in ("curves.png", "confusion.png"):
+    for name in ("curves.png", "confusion.png", "confusion-photo.png"):
         assert (folder / name).read_bytes()[:8] == PNG_MAGIC
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] == training["test_accuracy"]
@@ -60,6 +64,11 @@ def test_training_writes_checkpoint_and_reports(tiny_checkpoint: Path) -> None:
     assert metrics["model"]["parameters"] == checkpoint.build_model().summary().parameters
     assert metrics["timings"]["single_image_forward_ms"] > 0
     assert metrics["images"] == {"train": 108, "val": 12, "test": 40}
+    photo = metrics["photo_test"]
+    assert photo["accuracy"] == training["photo_test_accuracy"]
+    assert set(photo["per_class_accuracy"]) == set(FASHION_MNIST_CLASSES)
+    assert sum(map(sum, photo["confusion_matrix"])) == 40
+    assert metrics["photo_renderings"] == training["photo_renderings"] == 27  # 108 / 4
 
 
 def test_checkpoint_loads_with_plain_torch_weights_only(tiny_checkpoint: Path) -> None:
@@ -85,14 +94,14 @@ def test_interrupt_keeps_a_valid_checkpoint_and_resume_finishes(
     tiny_idx_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     output = tmp_path / "model.pt"
-    real_train_epoch = train_module._Run.train_epoch
+    real_train_epoch = train_module.train_epoch
 
     def interrupted_at_epoch_3(run: Any, epoch: int) -> Any:
         if epoch == 3:
             raise KeyboardInterrupt
         return real_train_epoch(run, epoch)
 
-    monkeypatch.setattr(train_module._Run, "train_epoch", interrupted_at_epoch_3)
+    monkeypatch.setattr(train_module, "train_epoch", interrupted_at_epoch_3)
     assert main(_train_args(tiny_idx_dir, output, "--epochs", "4", "--seed", "5")) == 130
     assert load_checkpoint(output).training["epochs"] <= 2
     state = output.with_name("model.state.pt")
@@ -114,7 +123,7 @@ def test_interrupt_before_any_epoch_still_leaves_a_checkpoint(
     def interrupted(run: Any, epoch: int) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module._Run, "train_epoch", interrupted)
+    monkeypatch.setattr(train_module, "train_epoch", interrupted)
     output = tmp_path / "model.pt"
     assert main(_train_args(tiny_idx_dir, output)) == 130
     assert load_checkpoint(output).training["interrupted"] is True
@@ -182,7 +191,7 @@ def test_random_shift_moves_each_image_within_the_limit() -> None:
     torch.manual_seed(0)
     image = torch.zeros(1, 1, 5, 5, dtype=torch.uint8)
     image[0, 0, 2, 2] = 200
-    shifted = train_module._random_shift(image.repeat(64, 1, 1, 1), limit=1, fill=7)
+    shifted = random_shift(image.repeat(64, 1, 1, 1), limit=1, fill=7)
     for sample in shifted:
         bright = (sample[0] == 200).nonzero().tolist()
         assert len(bright) == 1 and all(1 <= v <= 3 for v in bright[0])
@@ -190,30 +199,38 @@ def test_random_shift_moves_each_image_within_the_limit() -> None:
     assert len({tuple((s[0] == 200).nonzero()[0].tolist()) for s in shifted}) == 9
 
 
-def test_settings_round_trip_and_preset_overrides() -> None:
-    args = train_module._parser().parse_args(
+def test_config_round_trip_and_preset_overrides() -> None:
+    args = parse_args(
         ["--preset", "best", "--epochs", "3", "--dataset", "mnist", "--image-size", "24x20"]
     )
-    settings = train_module._settings_from_args(args)
-    assert settings.recipe.epochs == 3
-    assert settings.recipe.channels == PRESETS["best"].channels
-    assert settings.recipe.flip is False  # never mirror digits
-    assert settings.image_size == (24, 20)
-    assert Settings.from_dict(settings.to_dict()) == settings
-    plain = train_module._settings_from_args(train_module._parser().parse_args(["--no-augment"]))
-    assert (plain.recipe.flip, plain.recipe.shift) == (False, 0)
+    config = config_from_args(args)
+    assert config.recipe.epochs == 3
+    assert config.recipe.model == PRESETS["best"].model
+    assert config.recipe.flip is False  # never mirror digits
+    assert config.image_size == (24, 20)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    plain = config_from_args(parse_args(["--no-augment"]))
+    assert (plain.recipe.flip, plain.recipe.shift, plain.recipe.photos) == (False, 0, 0.0)
+    assert config_from_args(parse_args(["--no-photo"])).photo is False
 
 
 @pytest.mark.parametrize(
-    ("load", "processes", "expected"),
-    [(0.0, 1, 4), (1.4, 1, 3), (3.6, 1, 1), (9.0, 1, 1), (0.2, 2, 2)],
+    ("timings", "expected"),
+    [({1: 0.060, 2: 0.035}, 2), ({1: 0.040, 2: 0.038}, 1), ({1: 0.030, 2: 0.120}, 1)],
 )
-def test_default_threads_leave_busy_cpus_alone(
-    monkeypatch: pytest.MonkeyPatch, load: float, processes: int, expected: int
+def test_more_threads_must_clearly_win_the_trial(timings: dict[int, float], expected: int) -> None:
+    choice = pick_threads(timings, "2 CPU(s) for 1 process(es)")
+    assert choice.threads == expected
+    assert "ms with 1" in choice.reason and "ms with 2" in choice.reason
+
+
+def test_the_log_says_how_many_threads_and_why(
+    tiny_idx_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
-    assert train_module._default_threads(processes) == expected
+    caplog.set_level("INFO")
+    assert main(_train_args(tiny_idx_dir, tmp_path / "m.pt", "--epochs", "1")) == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("torch threads")]
+    assert len(lines) == 1 and "CPU(s)" in lines[0]
 
 
 def test_main_restores_the_thread_count(tiny_idx_dir: Path, tmp_path: Path) -> None:

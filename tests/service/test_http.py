@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import requests
-from PIL import Image
+from PIL import Image, ImageOps
 
 from service.schemas import ModelInfo, PredictResponse, ProblemDetail
 from tests.images import encode, gradient, png
@@ -38,7 +38,8 @@ def assert_problem(response: requests.Response, status: int) -> dict[str, Any]:
 def distinct_images() -> list[bytes]:
     return [
         png(value=0),
-        png(value=255),
+        # A bright square on black (a flat white image is a blank photo: black once converted).
+        encode(ImageOps.expand(Image.new("L", (14, 14), 255), border=7, fill=0), "PNG"),
         encode(gradient((28, 28)).transpose(Image.Transpose.FLIP_LEFT_RIGHT), "PNG"),
         encode(gradient((40, 30), "RGB"), "JPEG"),
     ]
