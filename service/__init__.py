@@ -21,9 +21,11 @@ def create_app(settings: Settings | None = None, *, start_engine: bool = True) -
     from service.api import api
     from service.engine import Engine
     from service.errors import register_error_handlers
+    from service.explain import init_explain
     from service.hooks import init_request_hooks
     from service.logs import configure_logging
     from service.openapi import build_openapi
+    from service.page import page
 
     settings = settings or Settings()
     configure_logging(settings)
@@ -41,6 +43,8 @@ def create_app(settings: Settings | None = None, *, start_engine: bool = True) -
     register_error_handlers(app)
     init_request_hooks(app, settings)
     app.register_blueprint(api)
+    app.register_blueprint(page)
+    init_explain(app, settings)
     if start_engine:
         engine.start()
     return app

@@ -67,7 +67,7 @@ def predict() -> Response:
         batch = pending.result()
     except NotReady as exc:
         raise Problem(503, "overloaded", str(exc), {"Retry-After": "1"}) from exc
-    predictions = [_prediction(row, model.classes, top_k) for row in batch.probabilities]
+    predictions = [prediction_body(row, model.classes, top_k) for row in batch.probabilities]
     for prediction in predictions:
         metrics.PREDICTIONS.labels(prediction["label"]).inc()
     return json_response(
@@ -199,7 +199,8 @@ def _parse_top_k(raw: str) -> int:
     return value
 
 
-def _prediction(row: list[float], classes: list[str], top_k: int) -> dict[str, Any]:
+def prediction_body(row: list[float], classes: list[str], top_k: int) -> dict[str, Any]:
+    """One image's answer: best class, the top_k classes and every class's probability."""
     ranked = sorted(range(len(row)), key=row.__getitem__, reverse=True)[:top_k]
     best = ranked[0]
     return {

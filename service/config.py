@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     reload_interval_s: float = Field(
         2.0, ge=0, description="Seconds between checks of the checkpoint for a new version; 0: off."
     )
+    max_concurrent_explains: int = Field(
+        2,
+        ge=1,
+        description="POST /v1/explain requests one worker runs at once; more get 503 with "
+        "Retry-After.",
+    )
 
     @model_validator(mode="after")
     def _size_to_cpu(self) -> Settings:

@@ -13,6 +13,7 @@ from flask import Flask, Response, g, request
 from service import metrics
 from service.config import Settings
 from service.errors import Problem
+from service.page import content_security_policy
 
 access_log = logging.getLogger("convserve.access")
 
@@ -22,7 +23,7 @@ _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 def init_request_hooks(app: Flask, settings: Settings) -> None:
     """Registers the before/after hooks that every request goes through."""
-    protected = {"/v1/predict", "/v1/model"}
+    protected = {"/v1/predict", "/v1/model", "/v1/explain"}
     if settings.metrics_need_api_key:
         protected.add("/metrics")
     expected = settings.api_key.get_secret_value().encode() if settings.api_key else None
@@ -43,6 +44,8 @@ def init_request_hooks(app: Flask, settings: Settings) -> None:
         response.headers["X-Request-ID"] = g.get("request_id", "")
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Cache-Control"] = "no-store"
+        response.headers["Content-Security-Policy"] = content_security_policy(request.path)
+        response.headers["Referrer-Policy"] = "no-referrer"
         if g.get("measured"):
             _observe(response)
         return response
