@@ -45,6 +45,7 @@ from models.checkpoint import (
 )
 from models.cnn import CNN, CNNConfig
 from models.data import DataError, Dataset, ImageSet, load_dataset, split_indices
+from models.figures import write_network_figures
 from models.report import Evaluation, plot_confusion, plot_curves, write_json
 from models.transforms import Preprocessing
 
@@ -493,6 +494,7 @@ class _Run:
         write_json(metrics, folder / "metrics.json")
         plot_curves(self.progress.history, folder / "curves.png")
         plot_confusion(result, best.classes, folder / "confusion.png")
+        write_network_figures(best, splits.test.pixels[0], folder)
 
     def _step(self, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
         inputs = self.dataset.preprocessing.normalize(self._augment(pixels))
