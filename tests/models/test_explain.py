@@ -37,6 +37,7 @@ def _model(config: CNNConfig, seed: int = 0) -> CNN:
     model = CNN(config)
     for module in model.modules():  # trained-looking batch-norm statistics, not 0 and 1
         if isinstance(module, nn.BatchNorm2d):
+            assert module.running_mean is not None and module.running_var is not None
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
     # The serving layout: eval mode, channels_last weights.
@@ -69,7 +70,7 @@ def test_recorded_convolution_output_is_not_overwritten_by_the_inplace_relu() ->
     inputs = _inputs(CONFIGS["default"])
     with torch.no_grad():
         result = walk(model, inputs)
-        conv = model.features[0][0](inputs)
+        conv = first_conv(model)[1](inputs)
     assert torch.equal(result.recorded[0].maps, conv)
     assert (result.recorded[0].maps < 0).any()  # pre-ReLU values survive
     assert torch.equal(result.recorded[1].maps, conv.clamp_min(0))

@@ -14,6 +14,7 @@ import pytest
 import torch
 from flask import Flask
 from PIL import Image
+from werkzeug.test import TestResponse
 
 from service import create_app
 from service.config import Settings
@@ -52,7 +53,14 @@ def app(tiny_checkpoint: Path, tmp_path: Path) -> Iterator[Flask]:
     built.extensions["convserve.engine"].stop()
 
 
-def _summary(answer: dict[str, Any]) -> dict[str, Any]:
+def _json(response: TestResponse) -> dict[str, Any]:
+    body = response.get_json()
+    assert isinstance(body, dict), response
+    return body
+
+
+def _summary(response: TestResponse) -> dict[str, Any]:
+    answer = _json(response)
     return {
         "scores": answer["prediction"]["scores"],
         "target": answer["gradcam"]["target"]["index"],
@@ -72,14 +80,14 @@ def test_threaded_explains_beside_predicts_never_mix_requests(app: Flask) -> Non
     images = _images(6)
     client = app.test_client()
     explained = [
-        _summary(client.post("/v1/explain", data=image, content_type="image/png").json)
+        _summary(client.post("/v1/explain", data=image, content_type="image/png"))
         for image in images
     ]
     # The images are told apart by their maps, so a mixed-up answer cannot pass as right.
     assert len({tuple(np.round(e["ranges"][0], 4)) for e in explained}) == len(images)
-    predicted = client.post(
-        "/v1/predict", data={"file": [(io.BytesIO(i), "x.png") for i in images]}
-    ).json["predictions"]
+    predicted = _json(
+        client.post("/v1/predict", data={"file": [(io.BytesIO(i), "x.png") for i in images]})
+    )["predictions"]
     failures: list[str] = []
 
     def explainer(offset: int) -> None:
@@ -89,7 +97,7 @@ def test_threaded_explains_beside_predicts_never_mix_requests(app: Flask) -> Non
             response = own.post("/v1/explain", data=images[index], content_type="image/png")
             try:
                 assert response.status_code == 200, response.json
-                _assert_same(_summary(response.json), explained[index])
+                _assert_same(_summary(response), explained[index])
             except AssertionError as exc:
                 failures.append(f"explain image {index}: {exc}")
 
@@ -99,7 +107,7 @@ def test_threaded_explains_beside_predicts_never_mix_requests(app: Flask) -> Non
             order = [(offset + round_ + k) % len(images) for k in range(3)]
             files = [(io.BytesIO(images[i]), f"{i}.png") for i in order]
             response = own.post("/v1/predict", data={"file": files})
-            for index, answer in zip(order, response.json["predictions"], strict=True):
+            for index, answer in zip(order, _json(response)["predictions"], strict=True):
                 if answer["scores"] != pytest.approx(predicted[index]["scores"], abs=1e-5):
                     failures.append(f"predict image {index}: {answer['label']}")
 
@@ -126,7 +134,7 @@ def test_explains_beyond_the_worker_limit_get_503_with_retry_after(app: Flask) -
         refused = client.post("/v1/explain", data=image, content_type="image/png")
         assert refused.status_code == 503
         assert refused.headers["Retry-After"] == "1"
-        assert refused.json["type"].endswith("/too-many-explains")
+        assert _json(refused)["type"].endswith("/too-many-explains")
         assert client.post("/v1/predict", data=image, content_type="image/png").status_code == 200
     finally:
         for _ in range(EXPLAIN_THREADS):
