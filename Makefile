@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CHECKPOINT ?= checkpoints/model.pt
 RUN_PACKAGES := dataset-fashion-mnist
-TEST_PACKAGES := dataset-fashion-mnist prometheus docker-compose
+TEST_PACKAGES := dataset-fashion-mnist prometheus docker-compose chromium chromium-driver
 BENCH_PACKAGES := dataset-fashion-mnist wrk
 
 .PHONY: setup setup-dev run train test lint format bench docker-test clean
