@@ -28,7 +28,7 @@ from tests.server import REPO, Server
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "model.pt"
 DATASET = Path("/usr/share/datasets/fashion-mnist")
 # A Fashion-MNIST test image that is not one of the page's built-in samples.
-TEST_IMAGE_INDEX = 42
+TEST_IMAGE_INDEX = 16
 # Set to a path (docs/page.png) to keep the screenshot beyond the test's temporary folder.
 SCREENSHOT_ENV = "CONVSERVE_PAGE_SCREENSHOT"
 
