@@ -11,7 +11,14 @@ from flask import Blueprint, Response, current_app, g, request
 
 from service import metrics
 from service.config import Settings
-from service.engine import Engine, LoadedModel, NotReady, Overloaded
+from service.engine import (
+    Engine,
+    LoadedModel,
+    NotReady,
+    Overloaded,
+    PendingPrediction,
+    PredictionBatch,
+)
 from service.errors import Problem
 from service.imaging import decode_image
 from service.uploads import read_uploads
@@ -54,19 +61,10 @@ def predict() -> Response:
     with engine.request():
         files = read_uploads(request, settings)
         decode_started = time.perf_counter()
-        pixels = torch.stack([_decode(data, model, settings) for data in files])
+        pixels = torch.stack([decode_upload(data, model, settings) for data in files])
         decode_s = time.perf_counter() - decode_started
-        try:
-            pending = engine.submit(model, pixels)
-        except Overloaded as exc:
-            metrics.SHED.inc()
-            raise Problem(
-                503, "overloaded", f"The server is at capacity: {exc}.", {"Retry-After": "1"}
-            ) from exc
-    try:
-        batch = pending.result()
-    except NotReady as exc:
-        raise Problem(503, "overloaded", str(exc), {"Retry-After": "1"}) from exc
+        pending = submit_pixels(engine, model, pixels)
+    batch = wait_for(pending)
     predictions = [prediction_body(row, model.classes, top_k) for row in batch.probabilities]
     for prediction in predictions:
         metrics.PREDICTIONS.labels(prediction["label"]).inc()
@@ -154,7 +152,27 @@ def describe_model(model: LoadedModel, settings: Settings) -> dict[str, Any]:
     }
 
 
-def _decode(data: bytes, model: LoadedModel, settings: Settings) -> torch.Tensor:
+def submit_pixels(engine: Engine, model: LoadedModel, pixels: torch.Tensor) -> PendingPrediction:
+    """Queues (N, C, H, W) uint8 pixels for a forward pass; a 503 problem when the queue is full."""
+    try:
+        return engine.submit(model, pixels)
+    except Overloaded as exc:
+        metrics.SHED.inc()
+        raise Problem(
+            503, "overloaded", f"The server is at capacity: {exc}.", {"Retry-After": "1"}
+        ) from exc
+
+
+def wait_for(pending: PendingPrediction) -> PredictionBatch:
+    """The probabilities of queued images; a 503 problem past the request timeout."""
+    try:
+        return pending.result()
+    except NotReady as exc:
+        raise Problem(503, "overloaded", str(exc), {"Retry-After": "1"}) from exc
+
+
+def decode_upload(data: bytes, model: LoadedModel, settings: Settings) -> torch.Tensor:
+    """One uploaded file -> the model's uint8 (C, H, W) input, timed into the decode histogram."""
     started = time.perf_counter()
     pixels = decode_image(
         data,

@@ -19,11 +19,10 @@ from pydantic import ValidationError
 from models.cnn import CNN
 from models.explain import Explanation, explain
 from service import metrics
-from service.api import json_response, prediction_body
+from service.api import decode_upload, json_response, prediction_body, submit_pixels, wait_for
 from service.config import Settings
-from service.engine import Engine, LoadedModel, NotReady, Overloaded
+from service.engine import Engine, LoadedModel
 from service.errors import Problem
-from service.imaging import decode_image
 from service.pictures import (
     Picture,
     heat_colours,
@@ -84,25 +83,10 @@ def _explain(
                 400, "one-image", f"/v1/explain takes exactly one image; {len(files)} were sent."
             )
         decode_started = time.perf_counter()
-        pixels = decode_image(
-            files[0],
-            model.checkpoint.preprocessing,
-            settings.max_image_pixels,
-            settings.decode_timeout_ms,
-        )
+        pixels = decode_upload(files[0], model, settings)
         decode_s = time.perf_counter() - decode_started
-        metrics.DECODE_DURATION.observe(decode_s)
-        try:
-            pending = engine.submit(model, pixels.unsqueeze(0))
-        except Overloaded as exc:
-            metrics.SHED.inc()
-            raise Problem(
-                503, "overloaded", f"The server is at capacity: {exc}.", {"Retry-After": "1"}
-            ) from exc
-    try:
-        batch = pending.result()
-    except NotReady as exc:
-        raise Problem(503, "overloaded", str(exc), {"Retry-After": "1"}) from exc
+        pending = submit_pixels(engine, model, pixels.unsqueeze(0))
+    batch = wait_for(pending)
     prediction = prediction_body(batch.probabilities[0], model.classes, query.top_k)
     explain_started = time.perf_counter()
     explanation = explain(
