@@ -196,6 +196,10 @@ async function explain(image, name) {
     let detail = body && body.detail ? body.detail : "";
     if (response.status === 401) detail += " Enter the API key under Options and try again.";
     showError(title + ".", detail);
+    if (response.status === 401) {
+      $("options").open = true;
+      $("api-key").focus();
+    }
     return;
   }
   render(body, roundTrip);

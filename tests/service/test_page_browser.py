@@ -24,6 +24,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from models.data import load_fashion_mnist
 from tests.server import REPO, Server
+from tests.service.conftest import API_KEY
 
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "model.pt"
 DATASET = Path("/usr/share/datasets/fashion-mnist")
@@ -161,6 +162,40 @@ def test_keyboard_picks_a_sample_and_a_target_class(
         lambda b: f'"{classes[5]}"' in b.find_element(By.ID, "cam-caption").text
     )
     _check_console(browser)
+
+
+def test_api_key_is_asked_for_and_kept_in_the_tab_only(
+    strict_server: Server, browser: webdriver.Chrome
+) -> None:
+    browser.get(strict_server.url + "/")
+    WebDriverWait(browser, 10).until(
+        lambda b: len(b.find_elements(By.CSS_SELECTOR, ".sample")) == 10
+    )
+    coat = REPO / "service" / "static" / "samples" / "coat.png"
+    browser.find_element(By.ID, "file-input").send_keys(str(coat))
+    error = browser.find_element(By.ID, "error")
+    WebDriverWait(browser, 30).until(lambda _: error.is_displayed())
+    assert "Unauthorized" in error.text and "API key" in error.text
+    key = browser.find_element(By.ID, "api-key")
+    assert browser.switch_to.active_element == key  # Options opened, the key field focused
+    key.send_keys(API_KEY, Keys.TAB)
+    browser.find_elements(By.CSS_SELECTOR, ".sample")[4].click()  # the Coat sample
+    response = strict_server.post(
+        "/v1/predict",
+        data=coat.read_bytes(),
+        headers={"Content-Type": "image/png", "Authorization": f"Bearer {API_KEY}"},
+    )
+    _wait_for_answer(browser, response.json()["predictions"][0]["label"])
+    assert not error.is_displayed()
+    assert browser.execute_script("return localStorage.length;") == 0
+    assert browser.execute_script("return sessionStorage.getItem('convserve.apiKey');") == API_KEY
+    urls = browser.execute_script(
+        "return [location.href, ...performance.getEntriesByType('resource').map(e => e.name)];"
+    )
+    assert urls and not any(API_KEY in url for url in urls)
+    # The one refused request is on the console; nothing else is.
+    errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert len(errors) == 1 and "401" in errors[0], errors
 
 
 def _save_screenshot(browser: webdriver.Chrome, folder: Path) -> None:
