@@ -12,6 +12,8 @@ import torch
 
 _DATA_URL_PREFIX = "data:image/png;base64,"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# zlib level 1: on maps this small it packs almost as tight as the default level, much faster.
+_ZLIB_LEVEL = 1
 # Weight of the heat colour over the input in the Grad-CAM overlay.
 _OVERLAY_ALPHA = 0.55
 
@@ -42,7 +44,7 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return (
         _PNG_SIGNATURE
         + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
+        + _chunk(b"IDAT", zlib.compress(raw.tobytes(), _ZLIB_LEVEL))
         + _chunk(b"IEND", b"")
     )
 
