@@ -3,7 +3,7 @@
 The prediction goes through the engine exactly like /v1/predict; the explanation then walks
 the shared serving module in the request thread, in float32, with its own input tensor
 (models.explain says why that is thread-safe). A per-worker semaphore bounds how many run at
-once, so explain traffic cannot starve the predictions.
+once, and so how much of a worker's CPU explain traffic can take from the predictions.
 """
 
 from __future__ import annotations
