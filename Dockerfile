@@ -47,6 +47,7 @@ RUN pip install -r /tmp/requirements.lock
 COPY pyproject.toml README.md* /src/
 COPY models/ /src/models/
 COPY service/ /src/service/
+COPY client/ /src/client/
 RUN pip install --no-deps /src \
  && pip check \
  && rm -rf /src \

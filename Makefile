@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CHECKPOINT ?= checkpoints/model.pt
 RUN_PACKAGES := dataset-fashion-mnist
-TEST_PACKAGES := dataset-fashion-mnist prometheus docker-compose
+TEST_PACKAGES := dataset-fashion-mnist prometheus docker-compose chromium chromium-driver
 BENCH_PACKAGES := dataset-fashion-mnist wrk
 
 .PHONY: setup setup-dev run train test lint format bench docker-test clean
@@ -57,10 +57,12 @@ docker-test: setup-dev
 	PYTHON=$(abspath $(BIN)/python) deploy/test/docker-test.sh
 
 ## bench: drive the real server with wrk (S and M scenarios, batching on/off, HTTP and model
-## limits, worker RSS) and write bench/results.md
+## limits, worker RSS) and write bench/results.md; then one explain's cost and /v1/predict
+## beside explain traffic (bench/explain-results.md)
 bench: setup-dev
 	scripts/ensure-apt.sh $(BENCH_PACKAGES)
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.explain
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

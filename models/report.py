@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from models.checkpoint import Checkpoint
 from models.data import ImageSet
+from models.figures import write_network_figures
 from models.photos import TEST_SEED, photo_round_trip
 from models.transforms import Preprocessing
 
@@ -159,7 +160,8 @@ def photo_test_set(test: ImageSet, preprocessing: Preprocessing) -> ImageSet:
 def write_reports(
     run: Run, best: Checkpoint, tested: dict[str, Evaluation], test_seconds: float
 ) -> None:
-    """metrics.json, curves.png and confusion.png beside the checkpoint, and the final log."""
+    """metrics.json, curves.png, confusion.png, kernels.png and feature-maps.png beside the
+    checkpoint, and the final log."""
     splits, progress, folder = run.splits, run.progress, run.output.parent
     model = best.build_model()
     summary = model.summary()
@@ -203,6 +205,7 @@ def write_reports(
     plot_confusion(tested["dataset"], best.classes, folder / "confusion.png")
     if "photo" in tested:
         plot_confusion(tested["photo"], best.classes, folder / "confusion-photo.png", "photo")
+    write_network_figures(best, splits.test.pixels[0], folder)
     log.info("model:\n%s", summary.to_text())
     for form, result in tested.items():
         per_class = "  ".join(f"{name} {share:.3f}" for name, share in result.per_class.items())
@@ -210,7 +213,7 @@ def write_reports(
     photo = tested.get("photo")
     log.info(
         "test accuracy %.4f on %d %s images%s (best epoch %d); %.1f s in all; wrote %s and "
-        "metrics.json, curves.png, confusion*.png beside it",
+        "metrics.json, curves.png, confusion*.png, kernels.png, feature-maps.png beside it",
         tested["dataset"].accuracy,
         tested["dataset"].images,
         splits.test_name,

@@ -18,10 +18,12 @@ def create_app(settings: Settings | None = None, *, start_engine: bool = True) -
     from service.api import api
     from service.engine import Engine
     from service.errors import register_error_handlers
+    from service.explain import init_explain
     from service.hooks import init_request_hooks
     from service.imaging import configure_decoders
     from service.logs import configure_logging
     from service.openapi import build_openapi
+    from service.page import page
     from service.torchserve import register_torchserve
     from service.v2 import register_v2
 
@@ -40,6 +42,8 @@ def create_app(settings: Settings | None = None, *, start_engine: bool = True) -
     app.register_blueprint(api)
     register_v2(app)
     register_torchserve(app)
+    app.register_blueprint(page)
+    init_explain(app, settings)
     if start_engine:
         engine.start()
     return app

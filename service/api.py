@@ -75,7 +75,7 @@ def _predict(name: str | None) -> Response:
         {
             "model": {"name": model.name, "version": model.version},
             "predictions": [
-                dict(_prediction(row, model.classes, top_k), preprocessing=form)
+                prediction_body(row, model.classes, top_k, form)
                 for row, form in zip(rows, forms, strict=True)
             ],
             "timing_ms": {
@@ -216,7 +216,9 @@ def _top_k_error(raw: str) -> str:
     return f"top_k must be an integer from {bounds['minimum']} to {bounds['maximum']}, got {raw!r}."
 
 
-def _prediction(row: list[float], classes: list[str], top_k: int) -> dict[str, Any]:
+def prediction_body(row: list[float], classes: list[str], top_k: int, form: Form) -> dict[str, Any]:
+    """One image's answer: best class, the top_k classes, every class's probability and the
+    form the image came in."""
     ranked = sorted(range(len(row)), key=row.__getitem__, reverse=True)[:top_k]
     best = ranked[0]
     return {
@@ -225,6 +227,7 @@ def _prediction(row: list[float], classes: list[str], top_k: int) -> dict[str, A
         "score": row[best],
         "top_k": [{"label": classes[i], "index": i, "score": row[i]} for i in ranked],
         "scores": dict(zip(classes, row, strict=True)),
+        "preprocessing": form,
     }
 
 

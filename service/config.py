@@ -130,6 +130,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Bytes discarded at most in that time.",
     )
+    max_concurrent_explains: int = Field(
+        2,
+        ge=1,
+        description="POST /v1/explain requests one worker runs at once; more get 503 with "
+        "Retry-After.",
+    )
 
     @model_validator(mode="after")
     def _size_to_cpu(self) -> Settings:

@@ -12,6 +12,7 @@ from flask import Flask, Response, g, request
 from service import metrics
 from service.config import Settings
 from service.errors import Problem
+from service.page import content_security_policy
 from service.problems import REQUEST_ID
 
 access_log = logging.getLogger("convserve.access")
@@ -21,7 +22,7 @@ _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 def init_request_hooks(app: Flask, settings: Settings) -> None:
     """Registers the before/after hooks that every request goes through."""
-    protected = {"/v1/predict", "/v1/model", "/v1/models"}
+    protected = {"/v1/predict", "/v1/model", "/v1/models", "/v1/explain"}
     # Every route that names a model, in each protocol.
     protected_prefixes = ("/v1/models/", "/v2/models/", "/predictions/")
     if settings.metrics_need_api_key:
@@ -46,6 +47,8 @@ def init_request_hooks(app: Flask, settings: Settings) -> None:
         response.headers["X-Request-ID"] = g.get("request_id", "")
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Cache-Control"] = "no-store"
+        response.headers["Content-Security-Policy"] = content_security_policy(request.path)
+        response.headers["Referrer-Policy"] = "no-referrer"
         if g.get("measured"):
             _observe(response)
         return response

@@ -72,6 +72,11 @@ MODEL_INFO = Gauge(
     ["name", "version"],
     multiprocess_mode="livemax",
 )
+EXPLAIN_DURATION = Histogram(
+    "convserve_explain_duration_seconds",
+    "One POST /v1/explain: prediction, feature maps, Grad-CAM and their encoding.",
+    buckets=_LATENCY_BUCKETS,
+)
 SHED = Counter("convserve_shed_total", "Requests refused with 503 because the queue was full.")
 REQUEST_READ_ERRORS = Counter(
     "convserve_request_read_errors_total",

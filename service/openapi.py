@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from service.config import Settings
 from service.errors import PROBLEM_CONTENT_TYPE
 from service.schemas import (
+    ExplainResponse,
     Health,
     ModelInfo,
     ModelList,
@@ -23,6 +24,7 @@ from service.schemas import (
 _SCHEMAS: tuple[type[BaseModel], ...] = (
     PredictJSONRequest,
     PredictResponse,
+    ExplainResponse,
     ModelInfo,
     ModelList,
     Health,
@@ -53,6 +55,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
     if secured:
         spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     spec.path(path="/v1/predict", operations={"post": _predict_operation(secured)})
+    spec.path(path="/v1/explain", operations={"post": _explain_operation(secured)})
     spec.path(
         path="/v1/model",
         operations={
@@ -160,6 +163,26 @@ def _predict_operation(secured: bool, named: bool = False) -> dict[str, Any]:
             "application/json": {"schema": ref("PredictJSONRequest")},
         },
     }
+    return operation
+
+
+def _explain_operation(secured: bool) -> dict[str, Any]:
+    """POST /v1/explain: the body types of /v1/predict (one image only) and a `target`."""
+    operation = _predict_operation(secured)
+    operation["summary"] = (
+        "Explain one image: its prediction, every conv-block layer's feature maps as PNGs, "
+        "the first layer's kernels and a Grad-CAM heat map for the top or the target class."
+    )
+    operation["responses"]["200"] = _json_response("ExplainResponse")
+    operation["parameters"].append(
+        {
+            "name": "target",
+            "in": "query",
+            "required": False,
+            "description": "Class for Grad-CAM, a label or an index (default: the top class).",
+            "schema": {"type": "string", "minLength": 1},
+        }
+    )
     return operation
 
 

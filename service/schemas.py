@@ -280,3 +280,89 @@ class TorchServeError(BaseModel):
     code: int
     type: str
     message: str
+
+
+class ExplainQuery(BaseModel):
+    """Query string of POST /v1/explain."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    top_k: int = Field(5, ge=1, le=1000, description="Classes listed in top_k, best first.")
+    target: str | None = Field(
+        None,
+        min_length=1,
+        description="Class to explain with Grad-CAM: a label or an index (default: the top one).",
+    )
+
+
+class MapPicture(BaseModel):
+    """One map as a PNG data URL, scaled on its own: black is `min`, white is `max`."""
+
+    image: str = Field(description="data:image/png;base64,...")
+    min: float
+    max: float
+
+
+class KernelPicture(MapPicture):
+    """One learned kernel: its picture and its weights, indexed [input channel][row][column]."""
+
+    values: list[list[list[float]]]
+
+
+class LayerMaps(BaseModel):
+    """The output of one layer of the conv blocks: one picture per channel."""
+
+    name: str = Field(description="The layer's name, as in GET /v1/model's layer summary.")
+    kind: str = Field(description="Conv2d, BatchNorm2d, ReLU or MaxPool2d.")
+    block: int = Field(description="Index of the conv block the layer belongs to.")
+    shape: list[int] = Field(description="[channels, height, width].")
+    maps: list[MapPicture]
+
+
+class Kernels(BaseModel):
+    """The first convolution's kernels, the filters that look at the pixels."""
+
+    layer: str
+    shape: list[int] = Field(description="[out channels, in channels, height, width].")
+    maps: list[KernelPicture]
+
+
+class InputPicture(BaseModel):
+    """The model's input after resizing and mode conversion, before normalisation."""
+
+    image: str
+    channels: int
+    height: int
+    width: int
+
+
+class GradCamResult(BaseModel):
+    """Grad-CAM: where the last rectified conv layer's evidence for the target class sits.
+
+    A hint about what the model used, not proof of it.
+    """
+
+    target: ClassScore
+    layer: str = Field(description="The layer whose maps and gradients it weighs.")
+    empty: bool = Field(description="True when no positive evidence was found anywhere.")
+    heatmap: str = Field(description="PNG data URL of the 0-1 map in colour, at the input size.")
+    overlay: str = Field(description="PNG data URL of the heat colours over the input.")
+
+
+class ExplainTiming(Timing):
+    """Timings of one explain in milliseconds."""
+
+    explain: float = Field(description="The layer walk and the Grad-CAM gradient.")
+    encode: float = Field(description="Turning every map into a PNG.")
+
+
+class ExplainResponse(BaseModel):
+    """200 answer of POST /v1/explain: the prediction as /v1/predict gives it, and the maps."""
+
+    model: ModelRef
+    prediction: Prediction
+    input: InputPicture
+    layers: list[LayerMaps]
+    kernels: Kernels
+    gradcam: GradCamResult
+    timing_ms: ExplainTiming

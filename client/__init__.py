@@ -1,0 +1,1 @@
+"""convserve's command-line client (`convserve predict`, `convserve explain`): stdlib only."""
