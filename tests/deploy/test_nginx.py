@@ -7,6 +7,7 @@ and /tmp a folder of the test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -90,10 +91,8 @@ class Dropper:
                 return
             with conn:
                 conn.settimeout(2)
-                try:
+                with contextlib.suppress(OSError):
                     conn.recv(65536)
-                except OSError:
-                    pass
                 self.dropped += 1
 
     def close(self) -> None:
