@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 CHECKPOINT ?= checkpoints/model.pt
 RUN_PACKAGES := dataset-fashion-mnist
-TEST_PACKAGES := dataset-fashion-mnist prometheus docker-compose chromium chromium-driver
+TEST_PACKAGES := dataset-fashion-mnist prometheus docker-compose nginx chromium chromium-driver
+# checkov (the manifest checks of `make test`) lives in a venv of its own: its pinned
+# dependencies would downgrade the project's (packaging, networkx, ...).
+CHECKOV_VENV := .venv-checkov
 BENCH_PACKAGES := dataset-fashion-mnist wrk
 
 .PHONY: setup setup-dev run train test lint format bench docker-test clean
@@ -25,6 +28,12 @@ setup: $(VENV)/.installed
 
 setup-dev: $(VENV)/.installed-dev
 	scripts/ensure-apt.sh $(TEST_PACKAGES)
+	scripts/ensure-kubectl.sh $(BIN)/kubectl-1.20
+
+$(CHECKOV_VENV)/.installed:
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q 'checkov>=3.2,<4'
+	touch $@
 
 $(CHECKPOINT): | setup
 	$(BIN)/convserve-train --output $(CHECKPOINT)
@@ -48,7 +57,7 @@ format: setup-dev
 
 ## test: lint, type-check and run the whole suite (what CI runs); trains the default model
 ## first if it is missing, since a test serves it real Fashion-MNIST images
-test: lint $(CHECKPOINT)
+test: lint $(CHECKPOINT) $(CHECKOV_VENV)/.installed
 	$(BIN)/pytest
 	$(MAKE) docker-test
 
@@ -65,4 +74,4 @@ bench: setup-dev
 	$(BIN)/python -m bench.explain
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -8,11 +8,16 @@
 #      left alone) and builds stand-ins for the base and Prometheus images, which cannot be pulled
 #   3. builds the api image through docker-compose with the local torch CPU wheel and a
 #      pre-made checkpoint as build arguments (no training inside the build)
-#   4. `docker-compose up` of api (2 replicas) + prometheus; waits for healthy; POSTs real
-#      Fashion-MNIST images and compares the answers with the checkpoint evaluated here; checks
-#      /v1/model; asks Prometheus for convserve_requests_total from the api targets, evaluates
-#      every dashboard query and checks the alerting rules loaded
-#   5. serves a mounted checkpoint (API_MODEL_PATH under /models) instead of the baked one
+#   4. `docker-compose up` of api (2 replicas) + nginx + prometheus; waits for healthy; POSTs
+#      real Fashion-MNIST images through nginx and compares the answers with the checkpoint
+#      evaluated here; checks /v1/model; asks Prometheus for convserve_requests_total from the
+#      api targets, evaluates every dashboard query and checks the alerting rules loaded
+#   4b. through nginx (deploy/test/docker_scale.py): load at concurrency 16 reaches both
+#      replicas (their own counters, via Prometheus); an 11 MiB POST gets a JSON 413; a replica
+#      stopped under load and replaced (nginx reloads), then both replaced one at a time, each
+#      under steady load, counting every answer (only 200, or 503 with Retry-After, pass)
+#   5. serves a mounted checkpoint (API_MODEL_PATH under /models) instead of the baked one,
+#      and measures requests/s through nginx with this 1 replica
 #   6. stops an api container with SIGTERM and checks it exits cleanly
 #   7. `docker-compose down -v`, stops the engine, removes everything it made (also on failure)
 #
@@ -233,38 +238,36 @@ else
 fi
 
 # --- 4. the stack ----------------------------------------------------------------------------------
-log "docker-compose up: api x2 + prometheus (grafana has no stand-in; its files are checked statically)"
+log "docker-compose up: api x2 + nginx + prometheus (grafana has no stand-in; its files are checked statically)"
+# The same settings for every compose call below, so that scaling never recreates a container.
+export API_PORT="" PROMETHEUS_PORT="" API_WORKERS=1 API_MODEL_DIR="$work/mounted"
+mkdir -p "$work/mounted"
 t0=$(date +%s)
-API_PORTS="" PROMETHEUS_PORT="" API_WORKERS=1 API_MODEL_DIR="$work/mounted" \
-  compose up -d --no-build --scale api=2 api prometheus >"$work/up.log" 2>&1 \
+# nginx waits for healthy replicas (depends_on: service_healthy), so this returns once they are.
+compose up -d --no-build --scale api=2 api prometheus nginx >"$work/up.log" 2>&1 \
   || { cat "$work/up.log" >&2; fail "compose up"; exit 1; }
-api_urls=()
-for i in 1 2; do
-  port="$(compose port --index="$i" api 8000 | sed 's/.*://')"
-  api_urls+=("http://127.0.0.1:$port")
-done
+nginx_url="http://127.0.0.1:$(compose port nginx 8000 | sed 's/.*://')"
 prom_url="http://127.0.0.1:$(compose port prometheus 9090 | sed 's/.*://')"
-ready_s="$("$PYTHON" "$root/deploy/test/docker_smoke.py" wait-ready "${api_urls[0]}" --timeout 120)" \
-  || { fail "ready: ${api_urls[0]}/readyz not 200 within 120 s"; exit 1; }
+ready_s="$("$PYTHON" "$root/deploy/test/docker_smoke.py" wait-ready "$nginx_url" --timeout 120)" \
+  || { fail "ready: $nginx_url/readyz (nginx) not 200 within 120 s"; exit 1; }
 cold_s="$(($(date +%s) - t0))"
-pass "ready: first replica answered /readyz 200 ${cold_s}s after compose up (${ready_s}s of polling)"
+pass "ready: /readyz 200 through nginx ${cold_s}s after compose up (${ready_s}s of polling)"
 
+api_ids() { compose ps -q api | sort; }
+health() { "$DOCKER" inspect --format '{{.State.Health.Status}}' "$1" 2>/dev/null; }
+wait_healthy() { # ID SECONDS
+  for _ in $(seq "$2"); do [ "$(health "$1")" = healthy ] && return 0; sleep 1; done
+  return 1
+}
 healthy=0
-for _ in $(seq 60); do
-  healthy=0
-  for id in $(compose ps -q api); do
-    [ "$("$DOCKER" inspect --format '{{.State.Health.Status}}' "$id")" = healthy ] && healthy=$((healthy + 1))
-  done
-  [ "$healthy" -eq 2 ] && break
-  sleep 1
-done
+for id in $(api_ids); do wait_healthy "$id" 60 && healthy=$((healthy + 1)); done
 if [ "$healthy" -eq 2 ]; then
   pass "healthy: both api replicas healthy (HEALTHCHECK on /readyz) $(($(date +%s) - t0))s after up"
 else
   fail "healthy: $healthy of 2 api replicas healthy after 60 s"
 fi
 
-if "$PYTHON" "$root/deploy/test/docker_smoke.py" stack --api "${api_urls[@]}" \
+if "$PYTHON" "$root/deploy/test/docker_smoke.py" stack --api "$nginx_url" --replicas 2 \
   --prometheus "$prom_url" --checkpoint "$work/baked.pt" --dataset "$DATASET" \
   --dashboard "$root/deploy/grafana/dashboards/convserve.json" --timeout 60 >"$work/smoke.log" 2>&1; then
   smoke_ok=1
@@ -273,28 +276,108 @@ else
 fi
 sed 's/^/    /' "$work/smoke.log"
 if [ "$smoke_ok" -eq 1 ] && grep -q '^checks: .* 0 failed$' "$work/smoke.log"; then
-  pass "stack: $(grep -c '^PASS' "$work/smoke.log") HTTP/Prometheus checks"
+  pass "stack: $(grep -c '^PASS' "$work/smoke.log") HTTP/Prometheus checks through nginx"
 else
   fail "stack: $(grep -c '^FAIL' "$work/smoke.log") HTTP/Prometheus checks failed"
 fi
 
+# --- 4b. scale-out behind nginx: balance, limits, losing and replacing replicas under load -------
+scale() { "$PYTHON" "$root/deploy/test/docker_scale.py" "$@"; }
+judge() { # VERDICT-ARGS...: a PASS/FAIL line of docker_scale.py becomes one of ours
+  local line
+  if line="$(scale "$@")"; then pass "${line#PASS }"; else fail "${line#FAIL }"; fi
+}
+reload_nginx() {
+  compose exec -T nginx nginx -e stderr -s reload >>"$work/scale.log" 2>&1 \
+    || fail "nginx: reload failed ($(tail -n 3 "$work/scale.log"))"
+  sleep 1 # the new workers take over; the old ones finish their requests
+}
+load_pid=""
+start_load() { # NAME: steady bounded load through nginx until NAME.stop appears (240 s at most)
+  rm -f "$work/$1.stop"
+  scale load "$nginx_url" --out "$work/$1.json" --concurrency 4 --pause 0.01 \
+    --until "$work/$1.stop" --max-seconds 240 >"$work/$1.log" 2>&1 &
+  load_pid=$!
+  sleep 3
+}
+end_load() { # NAME TITLE
+  sleep 3
+  touch "$work/$1.stop"
+  wait "$load_pid" || true
+  judge verdict "$work/$1.json" --name "$2"
+}
+new_replica() { # scales api to $1 and prints the id of the container that appeared
+  local before
+  before="$(api_ids)"
+  compose up -d --no-build --no-deps --no-recreate --scale api="$1" api >>"$work/scale.log" 2>&1 \
+    || { fail "scale: compose up --scale api=$1"; return 1; }
+  comm -13 <(echo "$before") <(api_ids)
+}
+retire() { # ID: graceful stop (gunicorn drains), removal
+  timeout 60 "$DOCKER" stop -t 35 "$1" >/dev/null
+  "$DOCKER" rm "$1" >/dev/null
+}
+
+log "scale: 2 replicas, closed-loop load at concurrency 16 for 10 s through nginx"
+scale snapshot --prometheus "$prom_url" --out "$work/before.json"
+rps_2="$(scale load "$nginx_url" --out "$work/rps2.json" --concurrency 16 --max-seconds 10)"
+judge verdict "$work/rps2.json" --name "load-2-replicas"
+judge spread --prometheus "$prom_url" --since "$work/before.json" --load "$work/rps2.json" \
+  --replicas 2 --min-share 0.3 --timeout 30
+judge too-large "$nginx_url"
+
+log "scale: docker stop of one replica under load, then a new replica and an nginx reload"
+t_stop=$(date +%s)
+start_load stop
+old="$(api_ids | head -n1)"
+retire "$old"
+reload_nginx
+new="$(new_replica 2)" || new=""
+if [ -n "$new" ] && wait_healthy "$new" 120; then
+  reload_nginx
+else
+  fail "scale: the new replica ${new:-?} was not healthy within 120 s"
+fi
+end_load stop "stop-and-replace (docker stop of a replica, a new one, nginx reloads)"
+log "scale: stop-and-replace took $(($(date +%s) - t_stop))s"
+
+log "scale: rolling replacement of both replicas, one at a time, under load"
+t_roll=$(date +%s)
+start_load rolling
+for old in $(api_ids); do
+  new="$(new_replica 3)" || new=""
+  if [ -z "$new" ] || ! wait_healthy "$new" 120; then
+    fail "rolling: the new replica ${new:-?} was not healthy within 120 s"
+    break
+  fi
+  reload_nginx
+  retire "$old"
+  reload_nginx
+done
+end_load rolling "rolling-update (2 replicas replaced one at a time: start, reload, stop, reload)"
+log "scale: rolling update took $(($(date +%s) - t_roll))s"
+
 # --- 5. a mounted checkpoint replaces the baked one --------------------------------------------
-mkdir -p "$work/mounted"
 mounted_version="$("$PYTHON" "$root/deploy/test/docker_smoke.py" variant "$work/baked.pt" "$work/mounted/model.pt")"
 chmod -R a+rX "$work/mounted"
-log "recreating api with API_MODEL_PATH=/models/model.pt (version $mounted_version)"
-API_PORTS="" PROMETHEUS_PORT="" API_WORKERS=1 API_MODEL_DIR="$work/mounted" \
-  API_MODEL_PATH=/models/model.pt compose up -d --no-build --no-deps --scale api=1 api >"$work/up2.log" 2>&1 \
+log "recreating api with API_MODEL_PATH=/models/model.pt (version $mounted_version), 1 replica"
+API_MODEL_PATH=/models/model.pt compose up -d --no-build --no-deps --scale api=1 api >"$work/up2.log" 2>&1 \
   || { cat "$work/up2.log" >&2; fail "mount: compose up"; exit 1; }
-mount_url="http://127.0.0.1:$(compose port --index=1 api 8000 | sed 's/.*://')"
-if "$PYTHON" "$root/deploy/test/docker_smoke.py" wait-ready "$mount_url" --timeout 120 >/dev/null \
-  && "$PYTHON" "$root/deploy/test/docker_smoke.py" model-version "$mount_url" --expect "$mounted_version" \
+id="$(api_ids | head -n1)"
+wait_healthy "$id" 120 || fail "mount: the recreated replica was not healthy within 120 s"
+reload_nginx
+if "$PYTHON" "$root/deploy/test/docker_smoke.py" wait-ready "$nginx_url" --timeout 60 >/dev/null \
+  && "$PYTHON" "$root/deploy/test/docker_smoke.py" model-version "$nginx_url" --expect "$mounted_version" \
     >"$work/mount.log" 2>&1; then
   pass "mount: serves the checkpoint mounted at /models/model.pt (version $mounted_version)"
 else
   cat "$work/mount.log" 2>/dev/null
   fail "mount: the mounted checkpoint is not what is served"
 fi
+# The same model architecture and load as with 2 replicas: nginx's throughput with 1.
+rps_1="$(scale load "$nginx_url" --out "$work/rps1.json" --concurrency 16 --max-seconds 10)"
+judge verdict "$work/rps1.json" --name "load-1-replica"
+log "scale: requests/s through nginx, concurrency 16: 1 replica $rps_1, 2 replicas $rps_2"
 
 # --- 6. SIGTERM: gunicorn (under tini) drains and exits 0 --------------------------------------------
 id="$(compose ps -q api | head -n1)"

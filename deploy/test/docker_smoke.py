@@ -3,7 +3,8 @@
     python docker_smoke.py wait-ready URL [--timeout S]
         polls URL/readyz until it answers 200; prints the seconds it took
     python docker_smoke.py stack --api URL... --prometheus URL --checkpoint PATH ...
-        predicts real Fashion-MNIST test images through every API replica and compares the
+        predicts real Fashion-MNIST test images through every API URL (nginx, or replicas;
+        --replicas N says how many replicas Prometheus must find) and compares the
         answers with the same checkpoint evaluated here; checks /v1/model, then asks Prometheus
         for the series the dashboard and alerts rely on
     python docker_smoke.py model-version URL --expect VERSION
@@ -365,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     stack.add_argument("--dashboard", type=Path, required=True)
     stack.add_argument("--images", type=int, default=12)
     stack.add_argument("--timeout", type=float, default=60)
+    stack.add_argument(
+        "--replicas", type=int, help="api replicas behind the URLs (default: one per URL)"
+    )
     model = sub.add_parser("model-version")
     model.add_argument("url")
     model.add_argument("--expect", required=True)
@@ -398,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         for url in api:
             check_model(checks, url, version)
         sent = check_predictions(checks, api, args.checkpoint, args.dataset, args.images)
-        check_prometheus(checks, prometheus, len(api), sent, args.dashboard, args.timeout)
+        replicas = args.replicas or len(api)
+        check_prometheus(checks, prometheus, replicas, sent, args.dashboard, args.timeout)
     print(f"checks: {checks.passed} passed, {checks.failed} failed", flush=True)
     return 0 if checks.failed == 0 else 1
 

@@ -8,6 +8,8 @@
 #               lives in this stand-in only, never in the project's Dockerfile.
 #   prometheus: the base plus Debian's prometheus binaries (copied from the host's package)
 #               and wget, tagged as docker-compose.yml's Prometheus image.
+#   nginx:      the base plus Debian's nginx package (1.22), tagged as docker-compose.yml's
+#               nginx image; deploy/nginx/nginx.conf keeps to what 1.22 has for this reason.
 #
 # Usage: standin-images.sh  (DOCKER_HOST must point at the engine; DOCKER names the client)
 # Env:   STANDIN_CACHE  folder for the debootstrap tarball (reused when its key matches);
@@ -22,7 +24,9 @@ PROM_IMAGE="$(sed -n 's/^ *image: *\(prom\/prometheus:[^ ]*\).*/\1/p' "$root/doc
 SUITE=bookworm
 INCLUDE=python3,python3-venv,python3-pip,ca-certificates
 [ -n "$BASE_IMAGE" ] || { echo "standin: no 'ARG PYTHON_IMAGE=' in Dockerfile" >&2; exit 1; }
+NGINX_IMAGE="$(sed -n 's/^ *image: *\(nginx:[^ ]*\).*/\1/p' "$root/docker-compose.yml" | head -n1)"
 [ -n "$PROM_IMAGE" ] || { echo "standin: no prom/prometheus image in docker-compose.yml" >&2; exit 1; }
+[ -n "$NGINX_IMAGE" ] || { echo "standin: no nginx image in docker-compose.yml" >&2; exit 1; }
 
 log() { printf '[standin %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -107,4 +111,17 @@ ENTRYPOINT ["/bin/prometheus"]
 CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]
 EOF
 DOCKER_BUILDKIT=0 "$DOCKER" build -q -t "$PROM_IMAGE" "$ctx" >/dev/null
-log "stand-ins ready: $BASE_IMAGE, $PROM_IMAGE"
+log "build $NGINX_IMAGE from $BASE_IMAGE + Debian's nginx"
+ctx="$work/nginx"
+mkdir -p "$ctx"
+cat >"$ctx/Dockerfile" <<EOF
+FROM $BASE_IMAGE
+# policy-rc.d: the package's scripts must not start nginx inside the build.
+RUN printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d \\
+ && apt-get update -q && apt-get install -y -q --no-install-recommends nginx \\
+ && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled/* /usr/sbin/policy-rc.d
+EXPOSE 8000
+ENTRYPOINT ["nginx", "-e", "stderr"]
+EOF
+DOCKER_BUILDKIT=0 "$DOCKER" build -q -t "$NGINX_IMAGE" "$ctx" >/dev/null
+log "stand-ins ready: $BASE_IMAGE, $PROM_IMAGE, $NGINX_IMAGE"

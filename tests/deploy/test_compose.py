@@ -45,7 +45,7 @@ def test_docker_compose_config_is_valid() -> None:
 
 
 def test_services(resolved: dict[str, Any]) -> None:
-    assert set(resolved["services"]) == {"api", "prometheus", "grafana"}
+    assert set(resolved["services"]) == {"api", "nginx", "prometheus", "grafana"}
 
 
 def test_every_published_port_is_loopback_only(resolved: dict[str, Any]) -> None:
@@ -56,8 +56,11 @@ def test_every_published_port_is_loopback_only(resolved: dict[str, Any]) -> None
 
 
 def test_default_ports(resolved: dict[str, Any]) -> None:
-    ports = {name: service["ports"][0] for name, service in resolved["services"].items()}
-    assert ports["api"].startswith("127.0.0.1:8000-8009:8000")
+    services = resolved["services"]
+    # The replicas are reached through nginx only (and scraped by Prometheus on the network).
+    assert "ports" not in services["api"] and services["api"]["expose"] == ["8000"]
+    ports = {name: s["ports"][0] for name, s in services.items() if name != "api"}
+    assert ports["nginx"].startswith("127.0.0.1:8000:8000")
     assert ports["prometheus"].startswith("127.0.0.1:9090:9090")
     assert ports["grafana"].startswith("127.0.0.1:3000:3000")
 
@@ -112,3 +115,11 @@ def test_prometheus_config_and_grafana_provisioning_paths_agree(resolved: dict[s
     )
     assert provider["providers"][0]["options"]["path"] in targets
     assert "/etc/grafana/provisioning" in targets
+
+
+def test_nginx_runs_unprivileged_after_healthy_replicas(resolved: dict[str, Any]) -> None:
+    nginx = resolved["services"]["nginx"]
+    assert nginx["depends_on"]["api"]["condition"] == "service_healthy"
+    assert nginx["read_only"] is True and "/tmp" in nginx["tmpfs"]
+    assert nginx["user"].split(":")[0] not in ("0", "root")
+    assert f"{ROOT}/deploy/nginx/nginx.conf:/etc/nginx/nginx.conf:ro" in nginx["volumes"]
