@@ -189,6 +189,8 @@ def test_limits_and_api_key(strict_server: Server, pngs: list[bytes]) -> None:
     assert "Traceback" not in str(error)
     assert client.is_server_ready()  # health needs no key
     raises(lambda: client.infer(NAME, [bytes_input(pngs[:5])], headers=key), "413", "at most 4")
+    # The strict server queues one image per worker: two in one request are shed.
+    raises(lambda: client.infer(NAME, [bytes_input(pngs[:2])], headers=key), "503", "capacity")
     large = encode(Image.effect_noise((300, 300), 60).convert("RGB"), "BMP")
     raises(lambda: client.infer(NAME, [bytes_input([large])], headers=key), "413", "bytes")
     client.close()
