@@ -46,6 +46,8 @@ def test_training_writes_checkpoint_and_reports(tiny_checkpoint: Path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == [
         "confusion.png",
         "curves.png",
+        "feature-maps.png",
+        "kernels.png",
         "metrics.json",
         "model.pt",
     ]
