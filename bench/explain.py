@@ -24,6 +24,7 @@ from pathlib import Path
 import requests
 
 from bench import fixtures, load
+from bench.run import cpu_seconds
 from service.config import Settings
 from tests.server import REPO, Server
 
@@ -34,6 +35,9 @@ class Sequential:
 
     predict_ms: list[float] = field(default_factory=list)
     explain_ms: list[float] = field(default_factory=list)
+    # Worker CPU time (user + system) per request, ms: steadier than latency on a busy machine.
+    predict_cpu_ms: float | None = None
+    explain_cpu_ms: float | None = None
     explain_timing: dict[str, list[float]] = field(default_factory=dict)
     explain_bytes: int = 0
 
@@ -106,18 +110,24 @@ def _sequential(server: Server, body: bytes, count: int) -> Sequential:
     headers = {"Content-Type": "image/png"}
     for _ in range(5):  # warm-up
         session.post(server.url + "/v1/explain", data=body, headers=headers, timeout=30)
-    for _ in range(count):
-        started = time.perf_counter()
-        response = session.post(server.url + "/v1/predict", data=body, headers=headers, timeout=30)
-        response.raise_for_status()
-        result.predict_ms.append(1000 * (time.perf_counter() - started))
-        started = time.perf_counter()
-        response = session.post(server.url + "/v1/explain", data=body, headers=headers, timeout=30)
-        response.raise_for_status()
-        result.explain_ms.append(1000 * (time.perf_counter() - started))
-        for name, value in response.json()["timing_ms"].items():
-            result.explain_timing.setdefault(name, []).append(value)
-        result.explain_bytes = len(response.content)
+    pids = server.worker_pids()
+    for path, latencies in (("/v1/predict", result.predict_ms), ("/v1/explain", result.explain_ms)):
+        before = cpu_seconds(pids)
+        for _ in range(count):
+            started = time.perf_counter()
+            response = session.post(server.url + path, data=body, headers=headers, timeout=30)
+            response.raise_for_status()
+            latencies.append(1000 * (time.perf_counter() - started))
+            if path == "/v1/explain":
+                for name, value in response.json()["timing_ms"].items():
+                    result.explain_timing.setdefault(name, []).append(value)
+                result.explain_bytes = len(response.content)
+        after = cpu_seconds(pids)
+        cpu_ms = None if before is None or after is None else 1000 * (after - before) / count
+        if path == "/v1/predict":
+            result.predict_cpu_ms = cpu_ms
+        else:
+            result.explain_cpu_ms = cpu_ms
     return result
 
 
@@ -164,6 +174,10 @@ def _explain_loop(url: str, body: bytes, stop: threading.Event, out: Background)
             stop.wait(0.1)
 
 
+def _cpu(milliseconds: float | None) -> str:
+    return "n/a (a worker restarted)" if milliseconds is None else f"{milliseconds:.2f}"
+
+
 def _p(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
 
@@ -191,12 +205,13 @@ def _render(
         "",
         f"## One request at a time ({args.requests} each, client-side)",
         "",
-        "| request | p50 ms | p90 ms | response bytes |",
-        "|---|---|---|---|",
+        "| request | p50 ms | p90 ms | worker CPU ms per request | response bytes |",
+        "|---|---|---|---|---|",
         f"| POST /v1/predict | {_p(sequential.predict_ms, 50):.2f} | "
-        f"{_p(sequential.predict_ms, 90):.2f} | |",
+        f"{_p(sequential.predict_ms, 90):.2f} | {_cpu(sequential.predict_cpu_ms)} | |",
         f"| POST /v1/explain | {_p(sequential.explain_ms, 50):.2f} | "
-        f"{_p(sequential.explain_ms, 90):.2f} | {sequential.explain_bytes:,} |",
+        f"{_p(sequential.explain_ms, 90):.2f} | {_cpu(sequential.explain_cpu_ms)} | "
+        f"{sequential.explain_bytes:,} |",
         "",
         f"Explain server timings, medians in ms: {medians}.",
         "",

@@ -256,15 +256,15 @@ def _measure(
     which also depends on how much of the cores wrk and the rest of the machine took.
     """
     pids = server.worker_pids()
-    before = _cpu_seconds(pids)
+    before = cpu_seconds(pids)
     result = _drive(url, scenario, concurrency, seconds, 0)
-    after = _cpu_seconds(pids)
+    after = cpu_seconds(pids)
     if before is None or after is None:  # a worker restarted: its CPU time is lost
         return result
     return replace(result, worker_cpu_s=after - before)
 
 
-def _cpu_seconds(pids: set[int]) -> float | None:
+def cpu_seconds(pids: set[int]) -> float | None:
     """utime + stime of the processes, in seconds; None when one of them is gone."""
     ticks = 0
     for pid in pids:

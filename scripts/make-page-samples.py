@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from models.data import load_fashion_mnist
 
-from models.data import load_fashion_mnist  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:

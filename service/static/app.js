@@ -67,7 +67,6 @@ function mapImage(picture, label, extraClass) {
     src: picture.image,
     alt: text,
     title: text,
-    tabindex: "0",
     class: "pixelated map" + (flat ? " dead" : "") + (extraClass ? " " + extraClass : ""),
   });
   return img;

@@ -50,6 +50,8 @@ def test_training_writes_checkpoint_and_reports(tiny_checkpoint: Path) -> None:
         "confusion-photo.png",
         "confusion.png",
         "curves.png",
+        "feature-maps.png",
+        "kernels.png",
         "metrics.json",
         "model.pt",
     ]

@@ -161,3 +161,28 @@ def test_maps_are_scaled_on_their_own_and_flat_ones_are_black() -> None:
     assert _decode(ramp.image).min() == 0 and _decode(ramp.image).max() == 255
     assert (flat.low, flat.high) == (0.25, 0.25)
     assert _decode(flat.image).max() == 0
+
+
+def test_colour_models_get_colour_kernels_and_input(
+    tiny_rgb_checkpoint: Path, tmp_path: Path
+) -> None:
+    settings = Settings(
+        model_path=tiny_rgb_checkpoint, reload_interval_s=0, metrics_dir=tmp_path / "metrics"
+    )
+    built = create_app(settings)
+    try:
+        client = built.test_client()
+        image = encode(Image.new("RGB", (40, 36), (200, 30, 90)), "PNG")
+        answer = _json(
+            client.post("/v1/explain?target=green", data=image, content_type="image/png")
+        )
+        summary = _json(client.get("/v1/model"))["architecture"]["layers"]
+    finally:
+        built.extensions["convserve.engine"].stop()
+    assert answer["kernels"]["shape"][1] == 3
+    assert _decode(answer["kernels"]["maps"][0]["image"]).shape == (3, 3, 3)
+    assert _decode(answer["input"]["image"]).shape == (32, 32, 3)
+    assert answer["gradcam"]["target"]["label"] == "green"
+    assert [layer["shape"] for layer in answer["layers"]] == [
+        row["output_shape"] for row in summary if row["name"].startswith("features.")
+    ]

@@ -69,6 +69,14 @@ def browser() -> Iterator[webdriver.Chrome]:
     running.quit()
 
 
+def _open_page(browser: webdriver.Chrome, server: Server) -> None:
+    """Loads / and waits for its built-in samples."""
+    browser.get(server.url + "/")
+    WebDriverWait(browser, 10).until(
+        lambda b: len(b.find_elements(By.CSS_SELECTOR, ".sample")) == 10
+    )
+
+
 def _test_image(folder: Path) -> Path:
     test = load_fashion_mnist(DATASET).test
     assert test is not None
@@ -113,11 +121,8 @@ def test_page_explains_an_uploaded_fashion_mnist_image(
     model = page_server.get("/v1/model").json()
     layers = [row for row in model["architecture"]["layers"] if row["name"].startswith("features.")]
 
-    browser.get(page_server.url + "/")
+    _open_page(browser, page_server)
     assert browser.title.startswith("convserve")
-    WebDriverWait(browser, 10).until(
-        lambda b: len(b.find_elements(By.CSS_SELECTOR, ".sample")) == 10
-    )
     browser.find_element(By.ID, "file-input").send_keys(str(image))
     _wait_for_answer(browser, expected)
 
@@ -144,13 +149,14 @@ def test_page_explains_an_uploaded_fashion_mnist_image(
 def test_keyboard_picks_a_sample_and_a_target_class(
     page_server: Server, browser: webdriver.Chrome
 ) -> None:
-    browser.get(page_server.url + "/")
-    WebDriverWait(browser, 10).until(
-        lambda b: len(b.find_elements(By.CSS_SELECTOR, ".sample")) == 10
-    )
-    sample = browser.find_elements(By.CSS_SELECTOR, ".sample")[1]  # Trouser
-    browser.execute_script("arguments[0].focus();", sample)
-    assert browser.switch_to.active_element == sample
+    _open_page(browser, page_server)
+    samples = browser.find_elements(By.CSS_SELECTOR, ".sample")
+    for _ in range(12):  # Tab from the top: the file input, then the first sample
+        ActionChains(browser).send_keys(Keys.TAB).perform()
+        if browser.switch_to.active_element == samples[0]:
+            break
+    ActionChains(browser).send_keys(Keys.TAB).perform()
+    assert browser.switch_to.active_element == samples[1]  # Trouser
     ActionChains(browser).send_keys(Keys.ENTER).perform()
     expected = _predicted_label(
         page_server, REPO / "service" / "static" / "samples" / "trouser.png"
@@ -167,10 +173,7 @@ def test_keyboard_picks_a_sample_and_a_target_class(
 def test_api_key_is_asked_for_and_kept_in_the_tab_only(
     strict_server: Server, browser: webdriver.Chrome
 ) -> None:
-    browser.get(strict_server.url + "/")
-    WebDriverWait(browser, 10).until(
-        lambda b: len(b.find_elements(By.CSS_SELECTOR, ".sample")) == 10
-    )
+    _open_page(browser, strict_server)
     coat = REPO / "service" / "static" / "samples" / "coat.png"
     browser.find_element(By.ID, "file-input").send_keys(str(coat))
     error = browser.find_element(By.ID, "error")
