@@ -219,12 +219,12 @@ def test_expect_100_continue_is_answered_before_the_body(server: Server) -> None
     ).encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(head)
-        assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        assert sock.recv(64) == b"HTTP/1.1 100 Continue\r\n\r\n"
         sock.sendall(body)
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk
-    assert b"HTTP/1.1 200 OK" in answer
+    assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:100]  # one 100 Continue, not two
 
 
 ELEVEN_MIB = b"\0" * (11 * 1024 * 1024)
