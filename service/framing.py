@@ -45,6 +45,7 @@ class Limits:
 
 _HEAD_END = b"\r\n\r\n"
 _CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]+")
+_EXPECT = re.compile(rb"\r\nexpect:[^\r]*", re.IGNORECASE)
 
 
 class RequestFraming:
@@ -187,6 +188,12 @@ class RequestFraming:
             return Verdict.NEED_BODY
         self.end = at + 4
         return Verdict.COMPLETE
+
+    def without_expect(self, data: bytearray) -> bytes:
+        """`data` with the head's Expect header removed, for a request whose 100 Continue the
+        event loop has sent (gunicorn would send another)."""
+        head = _EXPECT.sub(b"", bytes(data[: self.head_end]))
+        return head + bytes(data[self.head_end :])
 
     @staticmethod
     def _chunk_size(line: bytes) -> int | None:

@@ -182,7 +182,10 @@ class ServiceWorker(ThreadWorker):
         self._stop_reading(conn)
         conn.body_buffered = verdict is Verdict.COMPLETE
         conn.chunked = reading.framing.chunked
-        conn.parser.unreader.unread(bytes(reading.data))
+        if reading.continue_sent:
+            conn.parser.unreader.unread(reading.framing.without_expect(reading.data))
+        else:
+            conn.parser.unreader.unread(bytes(reading.data))
         conn.sock.setblocking(True)
         self.enqueue_req(conn)
 

@@ -219,12 +219,12 @@ def test_expect_100_continue_is_answered_before_the_body(server: Server) -> None
     ).encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(head)
-        assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        assert sock.recv(64) == b"HTTP/1.1 100 Continue\r\n\r\n"
         sock.sendall(body)
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk
-    assert b"HTTP/1.1 200 OK" in answer
+    assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:100]  # one 100 Continue, not two
 
 
 ELEVEN_MIB = b"\0" * (11 * 1024 * 1024)
@@ -263,3 +263,40 @@ def test_urllib_sees_the_401_of_an_unauthenticated_upload(strict_server: Server)
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=30)
         assert refused.value.code == 401
+
+
+def test_unfinished_requests_are_bounded_per_worker(
+    tiny_checkpoint: Path, start_server: StartServer
+) -> None:
+    """With max_reading_connections=4 on one worker, 4 silent connections make it stop
+    accepting: a fifth connection waits in the backlog until their deadline frees the worker,
+    while a connection accepted before keeps being served at once."""
+    running = start_server(
+        tiny_checkpoint,
+        CONVSERVE_WORKERS="1",
+        CONVSERVE_MAX_READING_CONNECTIONS="4",
+        CONVSERVE_CLIENT_HEADER_TIMEOUT_S="2",
+    )
+    kept = requests.Session()
+    assert kept.get(running.url + "/healthz", timeout=10).status_code == 200
+    silent = [socket.create_connection(("127.0.0.1", running.port)) for _ in range(4)]
+    try:
+        time.sleep(0.3)
+        started = time.monotonic()
+        statuses: list[int] = []
+        waiting = threading.Thread(
+            target=lambda: statuses.append(running.get("/healthz").status_code)
+        )
+        waiting.start()
+        for _ in range(5):
+            assert kept.get(running.url + "/healthz", timeout=10).status_code == 200
+        served_kept_after = time.monotonic() - started
+        waiting.join(timeout=10)
+        waited = time.monotonic() - started
+    finally:
+        kept.close()
+        for sock in silent:
+            sock.close()
+    assert served_kept_after < 1.0
+    assert statuses == [200]
+    assert 1.2 < waited < 4.0, waited

@@ -87,3 +87,6 @@ def test_leading_empty_lines_are_dropped_and_100_continue_is_noticed() -> None:
     framing = RequestFraming(LIMITS)
     assert framing.scan(data) is Verdict.NEED_BODY
     assert data.startswith(b"POST") and framing.expects_continue
+    assert framing.without_expect(data + b"ab") == (
+        b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nab"
+    )

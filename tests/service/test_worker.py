@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -10,8 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from gunicorn.config import Config
 
 from service.board import ConnectionBoard
+from service.worker import ServiceWorker
 from tests.server import Server
 
 THREADS = 4
@@ -151,3 +154,12 @@ def test_a_busy_keep_alive_connection_does_not_keep_the_thread(one_thread: Serve
     assert still_busy and answered > 20, answered
     # Measured: at most 2-4 ms; 0.7-2.2 s when a thread kept its connection regardless.
     assert slowest < 0.3, f"the second client waited {slowest:.2f}s for an answer"
+
+
+def test_tls_is_refused_at_configuration() -> None:
+    """The event loop reads plain HTTP/1.1 itself; TLS belongs to the proxy in front."""
+    cfg = Config()
+    ServiceWorker.check_config(cfg, logging.getLogger("test"))
+    cfg.set("certfile", "server.crt")
+    with pytest.raises(RuntimeError, match=r"plain HTTP/1\.1"):
+        ServiceWorker.check_config(cfg, logging.getLogger("test"))
