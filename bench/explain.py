@@ -24,9 +24,8 @@ from pathlib import Path
 import requests
 
 from bench import fixtures, load
-from bench.run import cpu_seconds
+from bench.server import REPO, Server, cpu_seconds
 from service.config import Settings
-from tests.server import REPO, Server
 
 
 @dataclass

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import fixtures
-from bench.run import IDLE_S, rss_kb
+from bench.server import IDLE_S, REPO, Server, rss_kb
 from service.config import Settings
-from tests.server import REPO, Server
 
 
 @dataclass(frozen=True)

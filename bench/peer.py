@@ -41,7 +41,7 @@ def create_app(checkpoint_path: str) -> Flask:
             scores = torch.softmax(model(((pixels - mean) / std).unsqueeze(0)), dim=1)[0]
         return jsonify({name: float(s) for name, s in zip(checkpoint.classes, scores, strict=True)})
 
-    @app.get("/readyz")  # what tests.server.Server waits for
+    @app.get("/readyz")  # what bench.server.Server waits for
     def ready() -> Response:
         return jsonify({"status": "ready"})
 

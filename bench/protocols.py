@@ -15,8 +15,8 @@ from pathlib import Path
 
 from bench import decodecost, fixtures, load, modellimit
 from bench.fixtures import Scenario
+from bench.server import REPO, Server
 from service.config import Settings
-from tests.server import REPO, Server
 
 IMAGES_PER_REQUEST = 32
 CONCURRENCY = (1, 8)

@@ -6,13 +6,9 @@ limit is its scenario's (same body), its model limit is measured with its own se
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from bench import decodecost
-
-if TYPE_CHECKING:
-    from bench.load import LoadResult
-    from bench.run import Results, Row
+from bench.load import LoadResult
+from bench.records import Results, Row
 
 # How far ahead of the tuned peer issue 5 wants each scenario at the same concurrency.
 PEER_FACTORS = {"S": 1.3, "M": 1.5}

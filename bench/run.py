@@ -15,7 +15,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import requests
@@ -24,16 +24,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import decodecost, fixtures, load, modellimit, peer, protocols, report
 from bench.fixtures import Scenario
+from bench.records import Memory, Results, Row
+from bench.server import IDLE_S, REPO, Server, cpu_seconds, rss_kb
 from service.config import Settings
-from service.engine import HEAP_TRIM_INTERVAL_S
-from tests.server import REPO, Server
 
 CONCURRENCY = (1, 8, 32)
 PEER_CONCURRENCY = (8, 32)
 ECHO_APP = "bench.app:create_app()"
 PRODUCT_APP = "service:create_app()"
-# Seconds a worker idles before its RSS is read: past a heap trim (service.engine).
-IDLE_S = 2 * HEAP_TRIM_INTERVAL_S + 0.5
 
 
 @dataclass(frozen=True)
@@ -58,44 +56,6 @@ def _server_runs(scenarios: list[Scenario], bf16: bool) -> list[ServerRun]:
             env = {"CONVSERVE_PRECISION": "bf16"}
             runs.append(ServerRun("M bf16", scenario, True, env, concurrency=(8, 32)))
     return runs
-
-
-@dataclass(frozen=True)
-class Row:
-    """One wrk run against one server configuration."""
-
-    scenario: str
-    batching: bool
-    concurrency: int
-    result: load.LoadResult
-    mean_batch: float | None
-
-
-@dataclass(frozen=True)
-class Memory:
-    """RSS of each worker (kB) after warm-up and after `requests` more requests."""
-
-    scenario: str
-    requests: int
-    after_warmup_kb: dict[int, int]
-    after_requests_kb: dict[int, int]
-
-
-@dataclass
-class Results:
-    """Everything one run measured, plus the context to read it."""
-
-    started: str
-    load_before: str
-    load_after: str = ""
-    context: dict[str, str] = field(default_factory=dict)
-    scenarios: list[Scenario] = field(default_factory=list)
-    model_limits: dict[str, modellimit.ModelLimit] = field(default_factory=dict)
-    decode_ms: dict[str, float] = field(default_factory=dict)
-    echo: dict[tuple[str, int], load.LoadResult] = field(default_factory=dict)
-    rows: list[Row] = field(default_factory=list)
-    peer: dict[tuple[str, int], load.LoadResult] = field(default_factory=dict)
-    memory: list[Memory] = field(default_factory=list)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,18 +224,6 @@ def _measure(
     return replace(result, worker_cpu_s=after - before)
 
 
-def cpu_seconds(pids: set[int]) -> float | None:
-    """utime + stime of the processes, in seconds; None when one of them is gone."""
-    ticks = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            return None
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 def _memory(server: Server, url: str, scenario: Scenario, count: int, rate: float) -> Memory:
     """Idle RSS of each worker now (warmed up by the rows) and after exactly `count` more requests.
 
@@ -296,14 +244,6 @@ def _memory(server: Server, url: str, scenario: Scenario, count: int, rate: floa
     after = {pid: rss_kb(pid) for pid in pids}
     _say(f"memory {scenario.name}: {sent} requests, RSS {before} -> {after} kB")
     return Memory(scenario.name, sent, before, after)
-
-
-def rss_kb(pid: int) -> int:
-    """VmRSS of the process, in kB (0 when it has none)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def _batch_stats(server: Server) -> tuple[float, float]:

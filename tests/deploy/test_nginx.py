@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from bench.server import Server, free_port
 from tests.deploy.conftest import DEPLOY, run, tool
 from tests.images import png
-from tests.server import Server, free_port
 
 CONF = DEPLOY / "nginx" / "nginx.conf"
 UPSTREAM_LINE = "server api:8000 max_fails=1 fail_timeout=5s;"

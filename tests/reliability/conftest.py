@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.server import Server
 from tests.reliability.checks import sample, scrape
-from tests.server import Server
 from tests.service.conftest import server, strict_server
 
 __all__ = ["server", "strict_server"]

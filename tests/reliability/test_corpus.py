@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
+from bench.server import Server
 from tests.reliability import corpus, hostile
 from tests.reliability.checks import SERVER_FAULTS, assert_safe_answer
-from tests.server import Server
 
 CORPUS = corpus.build()
 

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, seed, settings
 from schemathesis.config import SchemathesisConfig
 from schemathesis.generation import GenerationMode
 
+from bench.server import Server
 from service.config import Settings
 from service.openapi import build_openapi
-from tests.server import Server
 from tests.service.conftest import API_KEY
 
 SEED = 20240611

@@ -16,12 +16,12 @@ import orjson
 import pytest
 import torch
 
+from bench.server import Server
 from models.checkpoint import checkpoint_version, save_atomic
 from tests.images import png
 from tests.reliability.checks import sample, scrape
 from tests.reliability.conftest import StartServer, wait_all_workers_ready
 from tests.reliability.load import BackgroundLoad, Call
-from tests.server import Server
 
 PREDICT = Call("POST", "/v1/predict", png(), {"Content-Type": "image/png"})
 WORKERS = 2

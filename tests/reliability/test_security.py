@@ -15,12 +15,12 @@ import requests
 from flask import Flask
 from PIL import Image
 
+from bench.server import Server
 from service import create_app, hooks
 from service.config import Settings
 from tests.images import png
 from tests.reliability.checks import LEAK, assert_safe_answer
 from tests.reliability.conftest import StartServer
-from tests.server import Server
 from tests.service.conftest import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

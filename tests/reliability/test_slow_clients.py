@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from bench.server import Server
 from service.schemas import ProblemDetail
 from tests.images import encode, png
 from tests.reliability.checks import SERVER_FAULTS, assert_safe_answer, sample, scrape
@@ -22,7 +23,6 @@ from tests.reliability.conftest import StartServer
 from tests.reliability.hostile import noise
 from tests.reliability.load import Call, percentile, run_load
 from tests.reliability.slow import exchange, slow_body, slow_header, trickle
-from tests.server import Server
 
 PREDICT = Call("POST", "/v1/predict", png(), {"Content-Type": "image/png"})
 DEADLINE_S = 3.0  # the header timeout and the body window of the slow-client server

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server import Server
+from bench.server import Server
 
 API_KEY = "test-key-0123456789"
 

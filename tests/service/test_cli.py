@@ -9,8 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from bench.server import REPO, Server, free_port
 from tests.images import png
-from tests.server import REPO, Server, free_port
 from tests.service.conftest import API_KEY
 
 SAMPLES = REPO / "service" / "static" / "samples"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from bench.server import REPO, Server
 from tests.images import encode
-from tests.server import REPO, Server
 
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "model.pt"
 DATASET = Path("/usr/share/datasets/fashion-mnist")

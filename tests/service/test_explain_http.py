@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from bench.server import REPO, Server
 from service.page import API_POLICY, PAGE_POLICY
 from tests.images import encode, png
-from tests.server import REPO, Server
 from tests.service.conftest import API_KEY
 
 SAMPLE = REPO / "service" / "static" / "samples" / "ankle-boot.png"

@@ -10,8 +10,8 @@ import pytest
 from gunicorn.workers.gthread import ThreadWorker
 from packaging.requirements import Requirement
 
+from bench.server import REPO
 from service.gthread_fence import check_gunicorn, missing_gthread_names
-from tests.server import REPO
 
 
 def test_the_installed_gunicorn_has_every_name_the_worker_uses() -> None:

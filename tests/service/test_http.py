@@ -12,9 +12,9 @@ import pytest
 import requests
 from PIL import Image, ImageOps
 
+from bench.server import Server
 from service.schemas import ModelInfo, PredictResponse, ProblemDetail
 from tests.images import encode, gradient, png
-from tests.server import Server
 from tests.service.conftest import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

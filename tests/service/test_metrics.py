@@ -11,8 +11,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.server import Server
 from tests.images import png
-from tests.server import Server
 
 DESIGN_METRICS = {
     "convserve_requests_total": "counter",

@@ -22,8 +22,8 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
+from bench.server import REPO, Server
 from models.data import load_fashion_mnist
-from tests.server import REPO, Server
 from tests.service.conftest import API_KEY
 
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "model.pt"

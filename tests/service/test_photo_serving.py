@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.server import Server
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data import DEFAULT_FASHION_MNIST_DIR, load_fashion_mnist
 from models.photos import render_photo_jpeg
 from models.train import main as train_main
 from tests.datasets import IDX_NAMES, write_idx
 from tests.images import encode
-from tests.server import Server
 
 pytestmark = [
     pytest.mark.slow,

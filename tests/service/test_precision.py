@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.server import REPO
 from service.config import Settings
 from service.engine import Engine
-from tests.server import REPO
 
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "model.pt"
 DATASET = Path("/usr/share/datasets/fashion-mnist")

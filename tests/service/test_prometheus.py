@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import requests
 
+from bench.server import Server, free_port
 from tests.images import png
-from tests.server import Server, free_port
 from tests.service.test_metrics import DESIGN_METRICS, predict_ok_count
 
 PROMETHEUS = shutil.which("prometheus")

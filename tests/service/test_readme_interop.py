@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server import REPO, Server
+from bench.server import REPO, Server
 from tests.service.test_default_model import DATASET, DEFAULT_CHECKPOINT
 
 pytestmark = [

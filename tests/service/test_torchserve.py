@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.server import Server
 from tests.images import png
-from tests.server import Server
 
 
 def v1_top5(server: Server, image: bytes) -> dict[str, float]:

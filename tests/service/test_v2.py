@@ -17,9 +17,9 @@ import tritonclient.http as triton
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from bench.server import Server
 from tests.datasets import fashion_mnist_test_images
 from tests.images import encode, png
-from tests.server import Server
 from tests.service.conftest import API_KEY
 
 COUNT = 6

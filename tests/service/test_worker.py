@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from gunicorn.config import Config
 
+from bench.server import Server
 from service.board import ConnectionBoard
 from service.worker import ServiceWorker
-from tests.server import Server
 
 THREADS = 4
 

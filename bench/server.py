@@ -1,4 +1,5 @@
-"""Starts the real gunicorn server (production config) on a free loopback port, for tests."""
+"""Starts the real gunicorn server (production config) on a free loopback port, and reads its
+workers' CPU time and memory: for the benchmark and the integration tests alike."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ from typing import Any
 
 import requests
 
+from service.engine import HEAP_TRIM_INTERVAL_S
+
 REPO = Path(__file__).resolve().parent.parent
+# Seconds a worker idles before its RSS is read: past a heap trim (service.engine).
+IDLE_S = 2 * HEAP_TRIM_INTERVAL_S + 0.5
 
 
 def free_port() -> int:
@@ -121,3 +126,23 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait(10)
+
+
+def cpu_seconds(pids: set[int]) -> float | None:
+    """utime + stime of the processes, in seconds; None when one of them is gone."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            return None
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kb(pid: int) -> int:
+    """VmRSS of the process, in kB (0 when it has none)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
