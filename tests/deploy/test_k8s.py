@@ -25,6 +25,8 @@ KSERVE = DEPLOY / "kserve"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
 SCHEMAS = Path(__file__).parent / "schemas" / "custom-resources.yaml"
 CUSTOM_KINDS = {"ServiceMonitor", "InferenceService", "ServingRuntime", "ClusterServingRuntime"}
+# Environment names the KServe files use before the service reads them: the v2 model name.
+ASSUMED_SETTINGS = {"CONVSERVE_MODEL_NAME"}
 # The oldest and the newest Kubernetes that kubernetes-validate bundles schemas for.
 KUBERNETES_VERSIONS = ("1.25.0", "1.37.0")
 Doc = dict[str, Any]
@@ -234,6 +236,19 @@ def test_grace_period_outlasts_prestop_and_the_drain(overlay: tuple[str, list[Do
             drain = int(env_of(container).get("CONVSERVE_GRACEFUL_TIMEOUT_S", "30"))
             grace = spec["terminationGracePeriodSeconds"]
             assert grace > int(command[1]) + drain, f"{where}: {grace} s"
+
+
+def test_environment_names_are_settings_of_the_service(
+    overlay: tuple[str, list[Doc], str],
+) -> None:
+    from service.config import Settings
+
+    known = {f"CONVSERVE_{name.upper()}" for name in Settings.model_fields} | ASSUMED_SETTINGS
+    _, docs, _ = overlay
+    for where, spec in pod_specs(docs):
+        for container in spec["containers"]:
+            unknown = set(env_of(container)) - known
+            assert not unknown, f"{where}: not settings: {sorted(unknown)}"
 
 
 def test_cpu_budget_is_workers_times_torch_threads(overlay: tuple[str, list[Doc], str]) -> None:
