@@ -116,7 +116,7 @@ def test_built_in_objects_pass_strict_schema_validation(
     built_in = [doc for doc in docs if doc["kind"] not in CUSTOM_KINDS]
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump_all(built_in))
-    result = run([tool("kubernetes-validate"), "--strict", "-k", version, str(path)])
+    result = run([tool("kubernetes-validate"), "--strict", "-k", version, str(path)], timeout=180)
     lines = (result.stdout + result.stderr).splitlines()
     # kubernetes-validate only warns (exit 0) about a kind or apiVersion it has no schema for,
     # e.g. one removed from this Kubernetes version: here every warning is a failure.
@@ -176,7 +176,9 @@ def test_checkov_passes_with_every_skip_explained(
     path = tmp_path / f"{name}.yaml"
     path.write_text(text)
     args = [checkov(), "--framework", "kubernetes", "--skip-download", "--output", "json"]
-    result = run([*args, "-f", str(path), *(f"-f{p}" for p in sorted(KSERVE.glob("*.yaml")))])
+    files = ["-f", str(path), *(f"-f{p}" for p in sorted(KSERVE.glob("*.yaml")))]
+    # A few seconds when the machine is idle; generous for a busy CI runner.
+    result = run([*args, *files], timeout=300)
     report = json.loads(result.stdout)
     reports = report if isinstance(report, list) else [report]
     summary = reports[0]["summary"]
