@@ -25,6 +25,8 @@ KSERVE = DEPLOY / "kserve"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
 SCHEMAS = Path(__file__).parent / "schemas" / "custom-resources.yaml"
 CUSTOM_KINDS = {"ServiceMonitor", "InferenceService", "ServingRuntime", "ClusterServingRuntime"}
+# Environment names the KServe files use before the service reads them: the v2 model name.
+ASSUMED_SETTINGS = {"CONVSERVE_MODEL_NAME"}
 # The oldest and the newest Kubernetes that kubernetes-validate bundles schemas for.
 KUBERNETES_VERSIONS = ("1.25.0", "1.37.0")
 Doc = dict[str, Any]
@@ -114,7 +116,7 @@ def test_built_in_objects_pass_strict_schema_validation(
     built_in = [doc for doc in docs if doc["kind"] not in CUSTOM_KINDS]
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump_all(built_in))
-    result = run([tool("kubernetes-validate"), "--strict", "-k", version, str(path)])
+    result = run([tool("kubernetes-validate"), "--strict", "-k", version, str(path)], timeout=180)
     lines = (result.stdout + result.stderr).splitlines()
     # kubernetes-validate only warns (exit 0) about a kind or apiVersion it has no schema for,
     # e.g. one removed from this Kubernetes version: here every warning is a failure.
@@ -174,7 +176,9 @@ def test_checkov_passes_with_every_skip_explained(
     path = tmp_path / f"{name}.yaml"
     path.write_text(text)
     args = [checkov(), "--framework", "kubernetes", "--skip-download", "--output", "json"]
-    result = run([*args, "-f", str(path), *(f"-f{p}" for p in sorted(KSERVE.glob("*.yaml")))])
+    files = ["-f", str(path), *(f"-f{p}" for p in sorted(KSERVE.glob("*.yaml")))]
+    # A few seconds when the machine is idle; generous for a busy CI runner.
+    result = run([*args, *files], timeout=300)
     report = json.loads(result.stdout)
     reports = report if isinstance(report, list) else [report]
     summary = reports[0]["summary"]
@@ -234,6 +238,19 @@ def test_grace_period_outlasts_prestop_and_the_drain(overlay: tuple[str, list[Do
             drain = int(env_of(container).get("CONVSERVE_GRACEFUL_TIMEOUT_S", "30"))
             grace = spec["terminationGracePeriodSeconds"]
             assert grace > int(command[1]) + drain, f"{where}: {grace} s"
+
+
+def test_environment_names_are_settings_of_the_service(
+    overlay: tuple[str, list[Doc], str],
+) -> None:
+    from service.config import Settings
+
+    known = {f"CONVSERVE_{name.upper()}" for name in Settings.model_fields} | ASSUMED_SETTINGS
+    _, docs, _ = overlay
+    for where, spec in pod_specs(docs):
+        for container in spec["containers"]:
+            unknown = set(env_of(container)) - known
+            assert not unknown, f"{where}: not settings: {sorted(unknown)}"
 
 
 def test_cpu_budget_is_workers_times_torch_threads(overlay: tuple[str, list[Doc], str]) -> None:
