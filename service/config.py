@@ -12,6 +12,8 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+# A served model name is a URL path segment and a metrics label value: kept short and plain.
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 def available_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
@@ -38,6 +40,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONVSERVE_", protected_namespaces=())
 
     model_path: Path = Field(Path("checkpoints/model.pt"), description="Checkpoint to serve.")
+    model_name: str | None = Field(
+        None,
+        pattern=MODEL_NAME_PATTERN,
+        description="Name the model_path checkpoint is served under (/v1/models/<name>, "
+        "/v2/models/<name>); unset: its file stem.",
+    )
     model_dir: Path | None = Field(
         None,
         description="Serve every checkpoint (*.pt) in this folder under its file stem; "

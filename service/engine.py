@@ -1,10 +1,10 @@
 """The framework-free predictor: loads checkpoints, warms them up, batches, predicts, reloads.
 
 One Engine lives in each gunicorn worker, created after fork. It serves one checkpoint
-(`model_path`) or every checkpoint of a folder (`model_dir`), each under its file stem as a
-`ServedModel` with its own batcher. The first load happens before the worker accepts
-connections; a thread then watches the files and swaps in each new version whole, so no
-request ever meets a half-loaded model.
+(`model_path`, under `model_name` or its file stem) or every checkpoint of a folder
+(`model_dir`), each under its file stem, as a `ServedModel` with its own batcher. The first
+load happens before the worker accepts connections; a thread then watches the files and swaps
+in each new version whole, so no request ever meets a half-loaded model.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 
 from service import heap, metrics
 from service.batching import Batcher, Overloaded
-from service.config import Settings
+from service.config import MODEL_NAME_PATTERN, Settings
 from service.loading import LoadedModel, file_signature, load_model
 
 log = logging.getLogger("convserve.engine")
@@ -30,8 +30,7 @@ log = logging.getLogger("convserve.engine")
 # Seconds between two returns of the heap's free pages to the system (see service/heap.py).
 HEAP_TRIM_INTERVAL_S = 1.0
 
-# A served name is a URL path segment and a metrics label value: kept short and plain.
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 
 __all__ = [
     "Engine",
@@ -290,7 +289,7 @@ class Engine:
         directory = self.settings.model_dir
         if directory is None:
             path = self.settings.model_path
-            return {path.stem: path}
+            return {self._single_name: path}
         try:
             candidates = sorted(directory.glob("*.pt"))
         except OSError as exc:
@@ -308,12 +307,17 @@ class Engine:
         self._scan_error = f"no checkpoint in {directory}" if not found else None
         return found
 
+    @property
+    def _single_name(self) -> str:
+        """The name the one model_path checkpoint is served under."""
+        return self.settings.model_name or self.settings.model_path.stem
+
     def _pick_default(self, models: dict[str, ServedModel]) -> str | None:
         wanted = self.settings.default_model
         if wanted is not None:
             return wanted if wanted in models else None
         if self.settings.model_dir is None:
-            return self.settings.model_path.stem
+            return self._single_name
         if "model" in models:
             return "model"
         return min(models) if models else None

@@ -25,8 +25,6 @@ KSERVE = DEPLOY / "kserve"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
 SCHEMAS = Path(__file__).parent / "schemas" / "custom-resources.yaml"
 CUSTOM_KINDS = {"ServiceMonitor", "InferenceService", "ServingRuntime", "ClusterServingRuntime"}
-# Environment names the KServe files use before the service reads them: the v2 model name.
-ASSUMED_SETTINGS = {"CONVSERVE_MODEL_NAME"}
 # The oldest and the newest Kubernetes that kubernetes-validate bundles schemas for.
 KUBERNETES_VERSIONS = ("1.25.0", "1.37.0")
 Doc = dict[str, Any]
@@ -245,7 +243,7 @@ def test_environment_names_are_settings_of_the_service(
 ) -> None:
     from service.config import Settings
 
-    known = {f"CONVSERVE_{name.upper()}" for name in Settings.model_fields} | ASSUMED_SETTINGS
+    known = {f"CONVSERVE_{name.upper()}" for name in Settings.model_fields}
     _, docs, _ = overlay
     for where, spec in pod_specs(docs):
         for container in spec["containers"]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from models.checkpoint import load_checkpoint
 from service.config import Settings
@@ -106,3 +107,18 @@ def test_the_default_model_can_be_named(tiny_checkpoint: Path, tmp_path: Path) -
     named = Engine(Settings(model_dir=tmp_path, default_model="b", reload_interval_s=0))
     named.reload()
     assert named.default is named.get("b")
+
+
+def test_the_one_checkpoint_is_served_under_model_name(tiny_checkpoint: Path) -> None:
+    engine = Engine(Settings(model_path=tiny_checkpoint, model_name="fashion", reload_interval_s=0))
+    engine.reload()
+    assert sorted(engine.models) == ["fashion"] and engine.default is engine.get("fashion")
+    unnamed = Engine(Settings(model_path=tiny_checkpoint, reload_interval_s=0))
+    unnamed.reload()
+    assert sorted(unnamed.models) == [tiny_checkpoint.stem]
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "-x", "x" * 65])
+def test_a_model_name_that_is_no_path_segment_is_refused(name: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings(model_name=name)
