@@ -1,4 +1,4 @@
-"""Prometheus metrics with the names of DESIGN.md, correct across gunicorn worker processes.
+"""Prometheus metrics (the README lists them), correct across gunicorn worker processes.
 
 gunicorn_conf points PROMETHEUS_MULTIPROC_DIR at a wiped directory before any worker starts;
 each worker then writes its samples to files there and /metrics merges them all.

@@ -23,17 +23,10 @@ PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", 
 PROMQL_WORDS |= {"and", "or", "unless", "le"}
 
 
-def design_metrics() -> dict[str, str] | None:
-    """DESIGN.md's metric table, name -> type, or None where DESIGN.md is not at hand."""
-    for path in (
-        ROOT / "DESIGN.md",
-        ROOT / "docs" / "DESIGN.md",
-        ROOT.parent / "shared" / "DESIGN.md",
-    ):
-        if path.is_file():
-            rows = re.findall(r"^\|\s*(convserve_\w+)\s*\|\s*(\w+)", path.read_text(), re.MULTILINE)
-            return dict(rows)
-    return None
+def readme_metrics() -> dict[str, str]:
+    """The README's metric table (the documented contract), name -> type."""
+    text = (ROOT / "README.md").read_text()
+    return dict(re.findall(r"^\|\s*`(convserve_\w+)`\s*\|\s*(\w+)", text, re.MULTILINE))
 
 
 def service_metrics() -> dict[str, str]:
@@ -149,15 +142,17 @@ def test_dashboard_parses_with_unique_panel_ids() -> None:
         assert grid["x"] + grid["w"] <= 24, panel["title"]
 
 
-def test_every_dashboard_metric_is_in_design_md() -> None:
-    design = design_metrics()
-    if design is None:
-        pytest.skip("DESIGN.md is not beside this checkout")
+def test_every_dashboard_metric_is_documented_in_the_readme() -> None:
+    documented = readme_metrics()
     for title, expr in panel_targets():
         for name in metric_names(expr):
             if name in BUILTIN_SERIES:
                 continue
-            assert base_metric(name, design) in design, f"{title}: {name} is not in DESIGN.md"
+            assert base_metric(name, documented) in documented, f"{title}: {name} not in README"
+
+
+def test_the_readme_documents_every_metric_the_service_exports() -> None:
+    assert readme_metrics() == service_metrics()
 
 
 def test_every_dashboard_metric_is_exported_by_the_service() -> None:

@@ -1,4 +1,4 @@
-"""The HTTP contract of DESIGN.md, against the real gunicorn server with two workers."""
+"""The HTTP contract of the README, against the real gunicorn server with two workers."""
 
 from __future__ import annotations
 
@@ -156,7 +156,7 @@ def _zlib_png_bomb(width: int, height: int) -> bytes:
     )
 
 
-# (description, request kwargs, expected status) for every row of DESIGN.md's error table.
+# (description, request kwargs, expected status) for every row of the README's error table.
 ERROR_CASES: list[tuple[str, dict[str, Any], int]] = [
     ("empty raw body", {"data": b"", "headers": {"Content-Type": "image/png"}}, 400),
     ("no body at all", {}, 400),

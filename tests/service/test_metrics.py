@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.server import Server
 from tests.images import png
 
-DESIGN_METRICS = {
+DOCUMENTED_METRICS = {
     "convserve_requests_total": "counter",
     "convserve_request_duration_seconds": "histogram",
     "convserve_image_decode_duration_seconds": "histogram",
@@ -47,7 +47,7 @@ def predict_ok_count(server: Server) -> float:
 def test_every_design_metric_is_exposed_with_its_type(server: Server) -> None:
     server.post("/v1/predict", data=png(), headers={"Content-Type": "image/png"})
     families = {f.name: f.type for f in text_string_to_metric_families(server.get("/metrics").text)}
-    for name, kind in DESIGN_METRICS.items():
+    for name, kind in DOCUMENTED_METRICS.items():
         family = name.removesuffix("_total") if kind == "counter" else name
         assert families.get(family) == kind, f"{name} missing or not a {kind}"
 

@@ -15,7 +15,7 @@ import requests
 
 from bench.server import Server, free_port
 from tests.images import png
-from tests.service.test_metrics import DESIGN_METRICS, predict_ok_count
+from tests.service.test_metrics import DOCUMENTED_METRICS, predict_ok_count
 
 PROMETHEUS = shutil.which("prometheus")
 
@@ -93,7 +93,7 @@ def test_prometheus_scrapes_request_counts(server: Server, prometheus: str) -> N
     names = {
         series["metric"]["__name__"] for series in query(prometheus, '{__name__=~"convserve_.*"}')
     }
-    for name, kind in DESIGN_METRICS.items():
+    for name, kind in DOCUMENTED_METRICS.items():
         assert (name + "_count" if kind == "histogram" else name) in names
     up = query(prometheus, 'up{job="convserve"}')
     assert float(up[0]["value"][1]) == 1.0
