@@ -3,8 +3,8 @@
 Forward passes run in whichever request thread leads the batch. By default glibc gives each
 thread that contends for the heap an arena of its own (up to 8 per core), and every arena
 keeps the high-water mark of the activations it once held, so a worker's memory grows with the
-number of threads that ever led a batch. One arena, trimmed
-every second, keeps the worker near its live set.
+number of threads that ever led a batch. One arena, trimmed every second, keeps the worker near
+its live set.
 Elsewhere (musl, macOS) both calls do nothing.
 """
 
