@@ -30,7 +30,8 @@ _SCHEMAS: tuple[type[BaseModel], ...] = (
     Health,
     ProblemDetail,
 )
-_BINARY = {"schema": {"type": "string", "format": "binary"}}
+# An empty raw body is a 400 (body missing), not an image.
+_BINARY = {"schema": {"type": "string", "format": "binary", "minLength": 1}}
 # pydantic knows only that each JSON image is a string; the API decodes it as strict base64
 # (padded, standard alphabet), optionally behind a data: URL prefix.
 _BASE64_ITEM = {
