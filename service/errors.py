@@ -1,22 +1,21 @@
 """Errors: one exception type, rendered as problem+json (RFC 9457) or in a protocol's own shape.
 
-A protocol mounted under a path prefix (/v2, TorchServe's routes) registers its error shape
-with `register_error_shape`; every error answered under that prefix, ours or werkzeug's
+A protocol mounted under a path prefix (/v2, TorchServe's routes) has its error shape in
+service.problems.PROTOCOL_SHAPES; every error answered under that prefix, ours or werkzeug's
 (404, 405, 413...) or the API key's 401, then leaves in that shape.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from http import HTTPStatus
 
 import orjson
-from flask import Flask, Response, current_app, g, has_request_context, request
+from flask import Flask, Response, g, has_request_context, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from service.problems import PROBLEM_CONTENT_TYPE, problem_document
+from service.problems import PROBLEM_CONTENT_TYPE, problem_document, shape_for
 
 log = logging.getLogger("convserve.errors")
 
@@ -38,18 +37,6 @@ class Problem(Exception):
         self.headers = headers or {}
 
 
-# (status, kind, detail) -> (status, body, content type) of one protocol's error answer; a
-# protocol may answer a status of its own (the v2 protocol has no 422: it answers 400).
-ErrorShape = Callable[[int, str, str], tuple[int, bytes, str]]
-_SHAPES = "convserve.error_shapes"
-
-
-def register_error_shape(app: Flask, prefixes: tuple[str, ...], shape: ErrorShape) -> None:
-    """Errors answered for paths starting with any of `prefixes` take `shape`."""
-    shapes: list[tuple[tuple[str, ...], ErrorShape]] = app.extensions.setdefault(_SHAPES, [])
-    shapes.append((prefixes, shape))
-
-
 def validation_summary(exc: ValidationError, limit: int = 5) -> str:
     """The first `limit` problems of a pydantic validation, as "field.path: message; ..."."""
     return "; ".join(
@@ -62,7 +49,7 @@ def problem_response(
     status: int, kind: str, detail: str, headers: dict[str, str] | None = None
 ) -> Response:
     """The error response in the shape of the path's protocol (problem+json by default)."""
-    shape = _shape_for_request()
+    shape = shape_for(request.path) if has_request_context() else None
     if shape is not None:
         status, payload, content_type = shape(status, kind, detail)
         response = Response(payload, status=status, content_type=content_type)
@@ -72,16 +59,6 @@ def problem_response(
     response = Response(orjson.dumps(body), status=status, content_type=PROBLEM_CONTENT_TYPE)
     response.headers.update(headers or {})
     return response
-
-
-def _shape_for_request() -> ErrorShape | None:
-    if not has_request_context():
-        return None
-    path = request.path
-    for prefixes, shape in current_app.extensions.get(_SHAPES, ()):
-        if path.startswith(prefixes):
-            return shape
-    return None
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -59,6 +59,7 @@ class RequestFraming:
         self.chunked = False
         self.expects_continue = False
         self.request_id = ""
+        self.path = ""  # the request target's path, once its line has arrived
         self.problem: Problem | None = None
         self._verdict = Verdict.NEED_HEAD
         self._length = 0
@@ -89,6 +90,8 @@ class RequestFraming:
     def _scan_head(self, data: bytearray) -> Verdict:
         while data.startswith(b"\r\n"):
             del data[:2]
+        if not self.path:
+            self.path = _target_path(data)
         at = data.find(_HEAD_END, max(0, self._pos - 3))
         if at < 0:
             self._pos = len(data)
@@ -208,3 +211,13 @@ class RequestFraming:
 
     def _malformed(self, why: str) -> Verdict:
         return self._reject(400, "malformed-body", f"The chunked body is malformed: {why}.")
+
+
+def _target_path(data: bytearray) -> str:
+    """The path of the request line at the start of `data`; "" until the line is complete."""
+    line_end = data.find(b"\r\n")
+    if line_end < 0:
+        return ""
+    parts = bytes(data[:line_end]).split(b" ")
+    target = parts[1] if len(parts) == 3 else b""
+    return target.split(b"?", 1)[0].decode("latin-1")

@@ -32,6 +32,13 @@ class ServiceConn(TConn):
         super().__init__(cfg, sock, client, server)
         self.body_buffered = True  # False: only the head was read (the body is refused)
         self.chunked = False
+        self.path = ""  # the request's path, for errors in its protocol's shape
+
+    def adopt(self, framing: RequestFraming, complete: bool) -> None:
+        """Takes what the event loop learnt of the request it hands to a thread."""
+        self.body_buffered = complete
+        self.chunked = framing.chunked
+        self.path = framing.path
 
 
 class Unfinished(NamedTuple):

@@ -8,32 +8,21 @@ shape, `{"code", "type", "message"}`.
 
 from __future__ import annotations
 
-from http import HTTPStatus
-
 import orjson
 from flask import Blueprint, Flask, Response, request
 
 from service import inference
-from service.errors import Problem, register_error_shape
-from service.schemas import TorchServeError
+from service.errors import Problem
 from service.uploads import read_body, read_uploads
 
 torchserve = Blueprint("torchserve", __name__)
 
 TOP_K = 5  # what TorchServe's image_classifier handler returns
-_TYPES = {404: "ModelNotFoundException", 503: "ServiceUnavailableException"}
 
 
 def register_torchserve(app: Flask) -> None:
-    """Mounts the routes and makes their errors TorchServe-shaped."""
+    """Mounts the routes (their errors take TorchServe's shape: service.problems)."""
     app.register_blueprint(torchserve)
-    register_error_shape(app, ("/predictions/", "/ping"), _error_shape)
-
-
-def _error_shape(status: int, _kind: str, detail: str) -> tuple[int, bytes, str]:
-    kind = _TYPES.get(status) or HTTPStatus(status).phrase.title().replace(" ", "") + "Exception"
-    body = TorchServeError(code=status, type=kind, message=detail).model_dump()
-    return status, orjson.dumps(body), "application/json"
 
 
 @torchserve.get("/ping")

@@ -15,7 +15,6 @@ import torch
 from flask import Blueprint, Flask, Response, request
 
 from service import inference
-from service.errors import register_error_shape
 from service.loading import LoadedModel
 from service.schemas import (
     V2Error,
@@ -43,15 +42,8 @@ PLATFORM = "pytorch"
 
 
 def register_v2(app: Flask) -> None:
-    """Mounts the v2 routes and makes every error under /v2 an `{"error": ...}` body."""
+    """Mounts the v2 routes (every error under /v2 is `{"error": ...}`: service.problems)."""
     app.register_blueprint(v2)
-    register_error_shape(app, ("/v2",), _error_shape)
-
-
-def _error_shape(status: int, _kind: str, detail: str) -> tuple[int, bytes, str]:
-    # The protocol knows 400 for any bad request: an unreadable image or body type included.
-    status = 400 if status in (415, 422) else status
-    return status, orjson.dumps(V2Error(error=detail).model_dump()), "application/json"
 
 
 def _json(body: object, status: int = 200) -> Response:

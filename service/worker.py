@@ -98,6 +98,8 @@ class ServiceWorker(ThreadWorker):
         # Connections handed to the thread pool that no thread has picked up yet.
         self._waiting = 0
         self._waiting_lock = threading.Lock()
+        # The path of the request each thread is answering, for handle_error's answer shape.
+        self._answering = threading.local()
         self._reading: dict[ServiceConn, Reading] = {}
         self._lingering: dict[ServiceConn, Lingering] = {}
         self._next_sweep = 0.0
@@ -180,8 +182,7 @@ class ServiceWorker(ThreadWorker):
             self._answer_early(conn, reading, reason, problem.status, problem.kind, problem.detail)
             return
         self._stop_reading(conn)
-        conn.body_buffered = verdict is Verdict.COMPLETE
-        conn.chunked = reading.framing.chunked
+        conn.adopt(reading.framing, verdict is Verdict.COMPLETE)
         if reading.continue_sent:
             conn.parser.unreader.unread(reading.framing.without_expect(reading.data))
         else:
@@ -207,7 +208,8 @@ class ServiceWorker(ThreadWorker):
         """Answers a request the loop refuses (problem+json), counts it, and lingers."""
         self._stop_reading(conn)
         self._read_errors.labels(reason).inc()
-        self._send(conn, raw_answer(status, kind, detail, reading.framing.request_id))
+        framing = reading.framing
+        self._send(conn, raw_answer(status, kind, detail, framing.request_id, framing.path))
         self._linger(conn)
 
     # --- closing: lingering and dropping ---------------------------------------------------
@@ -317,6 +319,7 @@ class ServiceWorker(ThreadWorker):
     def _serve(self, conn: ServiceConn) -> Any:
         """gthread's handling of one request, after gunicorn's own parser has accepted a
         chunked body (a malformed one would otherwise fail inside the app as a 500)."""
+        self._answering.path = conn.path
         if conn.chunked:
             conn.chunked = False
             try:
@@ -355,8 +358,7 @@ class ServiceWorker(ThreadWorker):
         # A connection that queued up meanwhile goes first.
         if not self.alive or self._waiting or verdict not in (Verdict.COMPLETE, Verdict.HEAD_ONLY):
             return Unfinished(data)
-        conn.body_buffered = verdict is Verdict.COMPLETE
-        conn.chunked = reading.framing.chunked
+        conn.adopt(reading.framing, verdict is Verdict.COMPLETE)
         conn.parser.unreader.unread(data)
         return True
 
@@ -379,8 +381,9 @@ class ServiceWorker(ThreadWorker):
         for name, value in getattr(req, "headers", None) or ():
             if name == "X-REQUEST-ID":
                 request_id = value
+        path: str = getattr(req, "path", None) or getattr(self._answering, "path", "")
         try:
-            client.sendall(raw_answer(chosen.status, kind, detail, request_id))
+            client.sendall(raw_answer(chosen.status, kind, detail, request_id, path))
         except OSError:
             self.log.debug("Failed to send error message.")
 

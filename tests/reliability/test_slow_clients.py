@@ -157,9 +157,9 @@ def test_idle_connections_beyond_the_threads_do_not_block(server: Server) -> Non
     assert slowest < 1.0, f"a new request waited {slowest:.2f} s"
 
 
-def _chunked(port: int, body: bytes) -> bytes:
+def _chunked(port: int, body: bytes, path: str = "/v1/predict") -> bytes:
     return (
-        f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/png\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/png\r\n"
         "Transfer-Encoding: chunked\r\n\r\n"
     ).encode() + body
 
@@ -195,6 +195,28 @@ def test_header_errors_are_problems(server: Server, headers: dict[str, str], sta
     response = requests.get(server.url + "/healthz", headers=headers, timeout=10)
     assert response.status_code == status
     assert_safe_answer_4xx(response)
+
+
+@pytest.mark.parametrize(
+    ("path", "shape"),
+    [
+        ("/v2/models/model/infer", {"error"}),
+        ("/predictions/model", {"code", "type", "message"}),
+        ("/v1/predict", set(ProblemDetail.model_fields)),
+    ],
+    ids=["v2", "torchserve", "v1"],
+)
+def test_errors_the_worker_answers_take_the_protocols_shape(
+    server: Server, path: str, shape: set[str]
+) -> None:
+    # Answered by the worker's event loop before Flask sees the request: still in the shape
+    # of the protocol the path belongs to (a tritonclient must read {"error": ...}).
+    oversized = requests.post(server.url + path, headers={"X-Big": "v" * 20_000}, timeout=10)
+    chunked = exchange(server.port, _chunked(server.port, b"zz\r\nhello\r\n0\r\n\r\n", path))
+    head, _, body = chunked.partition(b"\r\n\r\n")
+    assert oversized.status_code == 431 and set(oversized.json()) == shape
+    assert head.split()[1] == b"400" and set(json.loads(body)) == shape
+    assert server.get("/readyz").status_code == 200
 
 
 def test_a_long_request_line_is_a_problem(server: Server) -> None:
