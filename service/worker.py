@@ -381,7 +381,7 @@ class ServiceWorker(ThreadWorker):
         for name, value in getattr(req, "headers", None) or ():
             if name == "X-REQUEST-ID":
                 request_id = value
-        path: str = getattr(req, "path", None) or getattr(self._answering, "path", "")
+        path = str(getattr(req, "path", None) or getattr(self._answering, "path", ""))
         try:
             client.sendall(raw_answer(chosen.status, kind, detail, request_id, path))
         except OSError:
