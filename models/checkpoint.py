@@ -6,7 +6,8 @@ A checkpoint is a dict of plain types and tensors:
     state_dict      parameter and buffer tensors
     classes         class names in output-index order
     input_shape     [channels, height, width]
-    preprocessing   Preprocessing.to_dict() (mode, size, mean, std, resampling, background)
+    preprocessing   Preprocessing.to_dict() (mode, size, mean, std, resampling, background,
+                    photo conversion or None)
     training        summary: dataset, epochs, accuracy, date, ... (plain types)
 """
 
