@@ -218,9 +218,14 @@ class Engine:
     def load_error(self) -> str | None:
         """Why the default model does not serve (None once it does)."""
         default = self.default
-        if default is None:
-            return self._scan_error
-        return default.load_error
+        if default is not None:
+            return default.load_error
+        wanted = self.settings.default_model
+        if wanted is not None and wanted not in self._models and self._models:
+            return (
+                f"CONVSERVE_DEFAULT_MODEL {wanted!r} is none of {', '.join(sorted(self._models))}"
+            )
+        return self._scan_error
 
     def start(self) -> None:
         """Sets the thread and heap budget, loads the models and starts the housekeeping thread.

@@ -75,8 +75,11 @@ def explain_route() -> Response:
 
 def _explain(config: Settings, served: ServedModel, query: ExplainQuery) -> Response:
     decoded: list[tuple[torch.Tensor, Form]] = []
+    targets: list[int | None] = []
 
     def prepare(model: LoadedModel) -> torch.Tensor:
+        # The target is checked against the version that will run, before the body is read.
+        targets.append(None if query.target is None else _target(query.target, model.classes))
         files = read_uploads(request, config)
         if len(files) != 1:
             raise Problem(
@@ -88,7 +91,7 @@ def _explain(config: Settings, served: ServedModel, query: ExplainQuery) -> Resp
 
     inference = predict_pixels(served, prepare)
     model = inference.model
-    target = None if query.target is None else _target(query.target, model.classes)
+    target = targets[0]
     pixels, form = decoded[0]
     prediction = prediction_body(
         inference.probabilities[0].tolist(), model.classes, query.top_k, form

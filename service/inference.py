@@ -1,8 +1,9 @@
 """What every protocol's predict route shares: find the model, decode, run, count.
 
-A route parses its own request format, then calls `predict_files` (encoded image files) or
-`predict_pixels` (a prepared pixel tensor) and formats the `Inference` it gets back. Failures
-are raised as `Problem`s; each protocol renders them in its own error shape (service.errors).
+A route parses its own request format, then calls `predict_pixels` with a `prepare` that turns
+its input into pixels for the version that will run them (`decode_files` for encoded image
+files) and formats the `Inference` it gets back. Failures are raised as `Problem`s; each
+protocol renders them in its own error shape (service.errors).
 """
 
 from __future__ import annotations
@@ -86,12 +87,6 @@ def decode_files(
         decoded.append(pixels)
         forms.append(form)
     return torch.stack(decoded), forms
-
-
-def predict_files(served: ServedModel, files: list[bytes]) -> Inference:
-    """Class probabilities for each uploaded image file, from the model's serving version."""
-    config = settings()
-    return predict_pixels(served, lambda model: decode_files(files, model, config)[0])
 
 
 def predict_pixels(served: ServedModel, prepare: Prepare) -> Inference:

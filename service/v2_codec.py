@@ -45,11 +45,6 @@ class ImageInput:
     files: list[bytes] | None = None
     tensor: np.ndarray | None = None
 
-    @property
-    def count(self) -> int:
-        """How many images it holds."""
-        return self.shape[0]
-
     def pixels(self, model: LoadedModel) -> torch.Tensor:
         """The tensor input as (N, C, H, W) pixels on the 0-255 scale for `model`.
 

@@ -8,11 +8,12 @@ clients sending a byte at a time held every thread and stopped the service. Here
 reads the request line, the headers and (up to the upload limit) the body into memory without
 blocking (service/reading.py, service/framing.py), with deadlines like nginx's
 client_header_timeout and client_body_timeout and a bound on how many connections may be in
-that state. A request that misses its deadline gets a 408 problem+json (a connection that sent
-nothing is just closed); malformed framing gets a 400, an oversized head or chunked body a
-431/413. A request that arrives whole in one read goes to a thread at once. A connection closed
-after an answer that did not read the body (an early 413 or 401) is first drained for a bounded
-time and byte count, so a client that writes its whole body before reading sees the answer.
+that state. A request that misses its deadline gets a 408 (a connection that sent nothing is
+just closed); malformed framing gets a 400, an oversized head or chunked body a 431/413; each
+as problem+json, or in the error shape of the path's protocol (service.problems). A request
+that arrives whole in one read goes to a thread at once. A connection closed after an answer
+that did not read the body (an early 413 or 401) is first drained for a bounded time and byte
+count, so a client that writes its whole body before reading sees the answer.
 
 Accepting is fair between workers (service/board.py).
 
@@ -205,7 +206,8 @@ class ServiceWorker(ThreadWorker):
     def _answer_early(
         self, conn: ServiceConn, reading: Reading, reason: str, status: int, kind: str, detail: str
     ) -> None:
-        """Answers a request the loop refuses (problem+json), counts it, and lingers."""
+        """Answers a request the loop refuses (in its protocol's error shape), counts it, and
+        lingers."""
         self._stop_reading(conn)
         self._read_errors.labels(reason).inc()
         framing = reading.framing
@@ -371,7 +373,7 @@ class ServiceWorker(ThreadWorker):
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         """gunicorn's handling of a request it could not parse (its status and log line), with
-        a problem+json answer instead of its HTML page."""
+        an answer in the path's error shape (problem+json by default) instead of its HTML page."""
         chosen = _StatusOnly()
         super().handle_error(req, chosen, addr, exc)
         kind, detail = PARSE_ERRORS.get(

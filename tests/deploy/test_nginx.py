@@ -206,7 +206,7 @@ def test_upstream_connections_are_kept_alive(proxy: Nginx, replicas: list[Server
     assert 1 <= len(out.splitlines()) <= 8, out
 
 
-def test_oversized_body_is_problem_json_or_v2_error(proxy: Nginx) -> None:
+def test_oversized_body_is_problem_json_or_the_protocols_error(proxy: Nginx) -> None:
     body = b"\0" * (11 * 1024 * 1024)
     response = requests.post(
         f"{proxy.url}/v1/predict", data=body, headers={"Content-Type": "image/png"}, timeout=30
@@ -218,6 +218,10 @@ def test_oversized_body_is_problem_json_or_v2_error(proxy: Nginx) -> None:
     assert response.status_code == 413
     assert response.headers["Content-Type"] == "application/json"
     assert set(response.json()) == {"error"}
+    response = requests.put(f"{proxy.url}/predictions/model", data=body, timeout=30)
+    assert response.status_code == 413
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json()["code"] == 413 and set(response.json()) == {"code", "type", "message"}
 
 
 @pytest.mark.parametrize("dead", ["refuses", "drops"])

@@ -107,6 +107,10 @@ def test_the_default_model_can_be_named(tiny_checkpoint: Path, tmp_path: Path) -
     named = Engine(Settings(model_dir=tmp_path, default_model="b", reload_interval_s=0))
     named.reload()
     assert named.default is named.get("b")
+    missing = Engine(Settings(model_dir=tmp_path, default_model="c", reload_interval_s=0))
+    missing.reload()
+    assert missing.default is None and not missing.ready
+    assert missing.load_error == "CONVSERVE_DEFAULT_MODEL 'c' is none of a, b"
 
 
 def test_the_one_checkpoint_is_served_under_model_name(tiny_checkpoint: Path) -> None:
