@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from bench.server import REPO
 from models.data import DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES
-from tests.server import REPO
 
 SAMPLES = REPO / "samples"
+PAGE_SAMPLES = REPO / "service" / "static" / "samples"
 
 
 def test_the_index_names_every_sample_with_a_true_label() -> None:
@@ -31,8 +32,9 @@ def test_the_index_names_every_sample_with_a_true_label() -> None:
 @pytest.mark.skipif(not DEFAULT_FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist absent")
 def test_the_script_writes_the_committed_samples(tmp_path: Path) -> None:
     script = REPO / "scripts" / "make_samples.py"
+    page = tmp_path / "page"
     subprocess.run(
-        [sys.executable, str(script), "--output", str(tmp_path)],
+        [sys.executable, str(script), "--output", str(tmp_path), "--page-output", str(page)],
         check=True,
         capture_output=True,
         env={"PYTHONPATH": str(REPO)},
@@ -40,6 +42,8 @@ def test_the_script_writes_the_committed_samples(tmp_path: Path) -> None:
     assert (tmp_path / "index.json").read_text() == (SAMPLES / "index.json").read_text()
     for path in SAMPLES.glob("*.png"):
         assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
+    for path in PAGE_SAMPLES.iterdir():
+        assert (page / path.name).read_bytes() == path.read_bytes(), path.name
     for path in SAMPLES.glob("*.jpg"):  # JPEG bytes depend on the libjpeg build
         with Image.open(path) as committed, Image.open(tmp_path / path.name) as written:
             assert committed.size == written.size, path.name
