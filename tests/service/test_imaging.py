@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from typing import Any
 
 import numpy as np
 import PIL
@@ -85,10 +86,9 @@ def test_rgb_model_gets_three_channels_from_grey() -> None:
     assert torch.equal(pixels[0], pixels[1]) and torch.equal(pixels[1], pixels[2])
 
 
-@pytest.mark.parametrize("orientation", range(1, 9))
-def test_exif_orientation_is_applied(orientation: int) -> None:
-    # A bright top-left quadrant, saved with an orientation tag that the viewer must undo.
-    upright = np.zeros((32, 48), dtype=np.uint8)
+def oriented(orientation: int, fmt: str, **params: Any) -> bytes:
+    """A bright top-left quadrant stored so that EXIF `orientation` must be undone to see it."""
+    upright = np.zeros((32, 48, 3), dtype=np.uint8)
     upright[:16, :24] = 255
     stored = Image.fromarray(upright)
     undo = {
@@ -104,8 +104,14 @@ def test_exif_orientation_is_applied(orientation: int) -> None:
         stored = stored.transpose(undo[orientation])
     exif = Image.Exif()
     exif[0x0112] = orientation
-    pixels = decode(encode(stored, "JPEG", exif=exif, quality=95))[0].float()
-    assert pixels[:14, :14].mean() > 200, f"orientation {orientation} not applied"
+    return encode(stored, fmt, exif=exif, **params)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["JPEG", "AVIF"])
+def test_exif_orientation_is_applied(orientation: int, fmt: str) -> None:
+    pixels = decode(oriented(orientation, fmt, quality=95))[0].float()
+    assert pixels[:14, :14].mean() > 200, f"{fmt} orientation {orientation} not applied"
     assert pixels[14:, 14:].mean() < 50
 
 
@@ -161,34 +167,6 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
         decode_image(header_only, GREY, max_pixels=100)
     assert caught.value.status == 413
     assert "2000x2000" in caught.value.detail
-
-
-def _avif_with_orientation(orientation: int) -> bytes:
-    """A bright top-left quadrant stored so that EXIF `orientation` must be undone to see it."""
-    upright = np.zeros((32, 48, 3), dtype=np.uint8)
-    upright[:16, :24] = 255
-    stored = Image.fromarray(upright)
-    undo = {
-        2: Image.Transpose.FLIP_LEFT_RIGHT,
-        3: Image.Transpose.ROTATE_180,
-        4: Image.Transpose.FLIP_TOP_BOTTOM,
-        5: Image.Transpose.TRANSPOSE,
-        6: Image.Transpose.ROTATE_90,
-        7: Image.Transpose.TRANSVERSE,
-        8: Image.Transpose.ROTATE_270,
-    }
-    if orientation in undo:
-        stored = stored.transpose(undo[orientation])
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    return encode(stored, "AVIF", exif=exif, quality=90)
-
-
-@pytest.mark.parametrize("orientation", range(1, 9))
-def test_avif_is_decoded_with_its_orientation(orientation: int) -> None:
-    pixels = decode(_avif_with_orientation(orientation))[0].float()
-    assert pixels[:14, :14].mean() > 200, f"orientation {orientation} not applied"
-    assert pixels[14:, 14:].mean() < 50
 
 
 def test_avif_with_an_icc_profile_matches_the_png() -> None:
