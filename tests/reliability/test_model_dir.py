@@ -15,7 +15,7 @@ import torch
 from models.checkpoint import checkpoint_version, save_atomic
 from tests.images import png
 from tests.reliability.checks import sample, scrape
-from tests.reliability.conftest import StartServer
+from tests.reliability.conftest import StartServer, wait_all_workers_ready
 from tests.reliability.load import BackgroundLoad, Call
 from tests.reliability.test_hot_reload import (
     reloads,
@@ -67,6 +67,9 @@ def test_models_side_by_side_and_reloaded_file_by_file_under_load(
     rgb_new_bytes = another_version(tiny_rgb_checkpoint, tmp_path / "rgb-new.pt")
     rgb_new = checkpoint_version(tmp_path / "rgb-new.pt")
     running = start_server(tmp_path / "unused.pt", CONVSERVE_MODEL_DIR=str(folder))
+    # start_server waits for WORKERS loads, but each worker loads both files: a load counted
+    # late would satisfy a wait below before the reload that wait stands for.
+    wait_all_workers_ready(running, expected_loads=2 * WORKERS)
 
     listed = running.get("/v1/models").json()["models"]
     assert [(m["name"], m["version"], m["default"]) for m in listed] == [
