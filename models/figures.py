@@ -35,7 +35,7 @@ def write_network_figures(checkpoint: Checkpoint, pixels: torch.Tensor, folder: 
         row[1].set_title(f"{layer.name} {layer.kind}", fontsize=7, loc="left")
         for axes, channel in zip(row[1:], layer.maps, strict=False):
             axes.imshow(channel.numpy(), cmap="gray")
-    _save(figure, folder / "feature-maps.png")
+    save_figure(figure, folder / "feature-maps.png")
 
 
 def _plot_kernels(kernels: torch.Tensor, layer: str, path: Path) -> None:
@@ -50,7 +50,7 @@ def _plot_kernels(kernels: torch.Tensor, layer: str, path: Path) -> None:
             kernel = kernels[index]
             picture = kernel[0] if len(kernel) == 1 else _unit_range(kernel[:3]).permute(1, 2, 0)
             axes.imshow(picture.numpy(), cmap="gray")
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def _displayable(pixels: torch.Tensor) -> object:
@@ -62,7 +62,8 @@ def _unit_range(tensor: torch.Tensor) -> torch.Tensor:
     return (tensor - low) / (high - low).clamp_min(1e-12)
 
 
-def _save(figure: Figure, path: Path) -> None:
+def save_figure(figure: Figure, path: Path) -> None:
+    """Writes `figure` as a PNG at `path` (its folder made when missing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
     figure.savefig(path, dpi=100)

@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
 from models.checkpoint import Checkpoint
 from models.data import ImageSet
-from models.figures import write_network_figures
+from models.figures import save_figure, write_network_figures
 from models.photos import TEST_SEED, photo_round_trip
 from models.transforms import Preprocessing
 
@@ -281,7 +280,7 @@ def plot_curves(history: Sequence[dict[str, float]], path: Path) -> None:
     for axes in (loss_axes, accuracy_axes):
         axes.grid(alpha=0.3)
         axes.legend()
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_confusion(
@@ -310,10 +309,4 @@ def plot_confusion(
                 value = int(counts[i, j])
                 colour = "white" if shares[i, j] > 0.5 else "black"
                 axes.text(j, i, str(value), ha="center", va="center", fontsize=7, color=colour)
-    _save(figure, path)
-
-
-def _save(figure: Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path)

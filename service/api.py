@@ -186,6 +186,7 @@ def describe_model(model: LoadedModel, settings: Settings) -> ModelInfo:
 
 
 _DEFAULT_TOP_K: int = PredictQuery.model_fields["top_k"].default
+_TOP_K_BOUNDS = PredictQuery.model_json_schema()["properties"]["top_k"]
 
 
 def _query_top_k() -> int:
@@ -212,8 +213,8 @@ def _query_top_k() -> int:
 
 
 def _top_k_error(raw: str) -> str:
-    bounds = PredictQuery.model_json_schema()["properties"]["top_k"]
-    return f"top_k must be an integer from {bounds['minimum']} to {bounds['maximum']}, got {raw!r}."
+    low, high = _TOP_K_BOUNDS["minimum"], _TOP_K_BOUNDS["maximum"]
+    return f"top_k must be an integer from {low} to {high}, got {raw!r}."
 
 
 def prediction_body(row: list[float], classes: list[str], top_k: int, form: Form) -> dict[str, Any]:

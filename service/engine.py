@@ -157,10 +157,11 @@ class ServedModel:
             return pixels
 
         results = self._batcher.run(model, timed_prepare, self._settings.request_timeout_s)
-        probabilities = torch.cat([r.outputs for r in results]) if len(results) > 1 else None
         return Inference(
             model=model,
-            probabilities=results[0].outputs if probabilities is None else probabilities,
+            probabilities=(
+                results[0].outputs if len(results) == 1 else torch.cat([r.outputs for r in results])
+            ),
             decode_s=decode_s,
             queue_s=max(r.queue_s for r in results),
             inference_s=sum(r.inference_s for r in results),

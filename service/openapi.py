@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from apispec import APISpec
 from pydantic import BaseModel
 
-from service.config import Settings
+from service.config import MODEL_NAME_PATTERN, Settings
 from service.errors import PROBLEM_CONTENT_TYPE
 from service.schemas import (
     ExplainResponse,
@@ -45,7 +46,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
     """The document served at /openapi.json, describing every endpoint and error."""
     spec = APISpec(
         title="convserve",
-        version=_package_version(),
+        version=package_version(),
         openapi_version="3.1.0",
         info={"description": "Image classification with a CNN: POST images, get class scores."},
     )
@@ -120,7 +121,7 @@ MODEL_NAME_PARAMETER = {
     "in": "path",
     "required": True,
     "description": "The model's name: its checkpoint's file stem.",
-    "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+    "schema": {"type": "string", "pattern": MODEL_NAME_PATTERN},
 }
 
 
@@ -224,7 +225,9 @@ def add_schema(spec: APISpec, model: type[BaseModel]) -> None:
         spec.components.schema(model.__name__, schema)
 
 
-def _package_version() -> str:
+@functools.cache
+def package_version() -> str:
+    """convserve's installed version ("0.0.0" when run from a tree that is not installed)."""
     try:
         return version("convserve")
     except PackageNotFoundError:

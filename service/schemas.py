@@ -282,12 +282,11 @@ class TorchServeError(BaseModel):
     message: str
 
 
-class ExplainQuery(BaseModel):
-    """Query string of POST /v1/explain."""
+class ExplainQuery(PredictQuery):
+    """Query string of POST /v1/explain: /v1/predict's, and the class to explain."""
 
     model_config = ConfigDict(extra="forbid")
 
-    top_k: int = Field(5, ge=1, le=1000, description="Classes listed in top_k, best first.")
     target: str | None = Field(
         None,
         min_length=1,

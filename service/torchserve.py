@@ -8,10 +8,10 @@ shape, `{"code", "type", "message"}`.
 
 from __future__ import annotations
 
-import orjson
 from flask import Blueprint, Flask, Response, request
 
 from service import inference
+from service.api import json_response
 from service.errors import Problem
 from service.uploads import read_body, read_uploads
 
@@ -30,7 +30,7 @@ def ping() -> Response:
     """{"status": "Healthy"} once the default model serves; 503 "Unhealthy" before."""
     healthy = inference.engine().ready
     body = {"status": "Healthy" if healthy else "Unhealthy"}
-    return Response(orjson.dumps(body), status=200 if healthy else 503, mimetype="application/json")
+    return json_response(body, 200 if healthy else 503)
 
 
 @torchserve.route("/predictions/<name>", methods=["POST", "PUT"])
@@ -59,4 +59,4 @@ def predictions(name: str, model_version: str | None = None) -> Response:
         for row_scores, row_indices in zip(scores.tolist(), indices.tolist(), strict=True)
     ]
     body = answers[0] if len(answers) == 1 else answers
-    return Response(orjson.dumps(body), mimetype="application/json")
+    return json_response(body)

@@ -8,14 +8,15 @@ data and classification extensions, on the same decode, batching, limits and met
 from __future__ import annotations
 
 from http import HTTPStatus
-from importlib.metadata import PackageNotFoundError, version
 
 import orjson
 import torch
 from flask import Blueprint, Flask, Response, request
 
 from service import inference
+from service.api import json_response
 from service.loading import LoadedModel
+from service.openapi import package_version
 from service.schemas import (
     V2Error,
     V2Live,
@@ -46,25 +47,17 @@ def register_v2(app: Flask) -> None:
     app.register_blueprint(v2)
 
 
-def _json(body: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status=status, mimetype="application/json")
-
-
 @v2.get("/v2")
 def server_metadata() -> Response:
     """The server's name, version and protocol extensions."""
-    try:
-        package = version("convserve")
-    except PackageNotFoundError:
-        package = "0.0.0"
-    document = V2ServerMetadata(name="convserve", version=package, extensions=EXTENSIONS)
-    return _json(document.model_dump())
+    document = V2ServerMetadata(name="convserve", version=package_version(), extensions=EXTENSIONS)
+    return json_response(document.model_dump())
 
 
 @v2.get("/v2/health/live")
 def live() -> Response:
     """200 while the process serves."""
-    return _json(V2Live(live=True).model_dump())
+    return json_response(V2Live(live=True).model_dump())
 
 
 @v2.get("/v2/health/ready")
@@ -73,8 +66,8 @@ def ready() -> Response:
     found = inference.engine()
     if not found.ready:
         detail = f"Not ready: {found.load_error}"
-        return _json(V2Error(error=detail).model_dump(), HTTPStatus.SERVICE_UNAVAILABLE)
-    return _json(V2Ready(ready=True).model_dump())
+        return json_response(V2Error(error=detail).model_dump(), HTTPStatus.SERVICE_UNAVAILABLE)
+    return json_response(V2Ready(ready=True).model_dump())
 
 
 @v2.get("/v2/models/<name>")
@@ -82,7 +75,7 @@ def ready() -> Response:
 def model_metadata(name: str, model_version: str | None = None) -> Response:
     """The model's input, output and version."""
     model = inference.serving_version(inference.served_model(name), model_version)
-    return _json(metadata(model).model_dump())
+    return json_response(metadata(model).model_dump())
 
 
 @v2.get("/v2/models/<name>/ready")
@@ -90,7 +83,7 @@ def model_metadata(name: str, model_version: str | None = None) -> Response:
 def model_ready(name: str, model_version: str | None = None) -> Response:
     """200 when the model (at that version) serves; 404 unknown, 503 not loaded yet."""
     inference.serving_version(inference.served_model(name), model_version)
-    return _json(V2ModelReady(name=name, ready=True).model_dump())
+    return json_response(V2ModelReady(name=name, ready=True).model_dump())
 
 
 @v2.post("/v2/models/<name>/infer")
