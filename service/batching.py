@@ -91,7 +91,8 @@ class Ticket(Generic[Key]):
 
 
 class Batcher(Generic[Key]):
-    """Runs `run(key, pixels)` on batches of jobs that share the same key (the model).
+    """Runs `run(key, pixels)` on batches of jobs that share the same key object (one model
+    version).
 
     `run` gets a (N, C, H, W) tensor and returns (N, ...) outputs; each job gets its own rows.
     """
@@ -215,7 +216,8 @@ class Batcher(Generic[Key]):
         while size < self._max_batch:
             if self._jobs:
                 following = self._jobs[0]
-                if following.key != first.key or size + following.size > self._max_batch:
+                # Identity: a key is one model version, never compared by value.
+                if following.key is not first.key or size + following.size > self._max_batch:
                     break
                 batch.append(self._jobs.popleft())
                 size += following.size

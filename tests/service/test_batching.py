@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -119,6 +120,31 @@ def test_jobs_for_different_models_never_share_a_batch() -> None:
         new = [pool.submit(run_request, batcher, i, 1, "new") for i in range(8)]
         assert [f.result()[0] for f in old] == [float(i) for i in range(8)]
         assert [f.result()[0] for f in new] == [1000.0 + i for i in range(8)]
+
+
+@dataclass(frozen=True)
+class Version:
+    """A key like a served model version: a frozen dataclass that holds tensors."""
+
+    name: str
+    weights: torch.Tensor
+
+
+def test_keys_are_told_apart_by_identity_even_when_they_hold_tensors() -> None:
+    # After a reload, jobs for the old and the new version of a model wait in one queue; a
+    # dataclass's == would compare their tensors (and raise) instead of telling them apart.
+    seen: list[tuple[str, int]] = []
+
+    def run(key: Version, pixels: torch.Tensor) -> torch.Tensor:
+        seen.append((key.name, len(pixels)))
+        return pixels.flatten(1).float() + key.weights[:1]
+
+    batcher: Batcher[Version] = Batcher(run, 8, 0.0, 64)
+    old, new = Version("rgb", torch.zeros(3)), Version("rgb", torch.ones(3))
+    first, second = batcher.submit(old, images(0, 1)), batcher.submit(new, images(5, 1))
+    assert first.result(5)[0].outputs.tolist() == [[0.0]]
+    assert second.result(5)[0].outputs.tolist() == [[6.0]]
+    assert seen == [("rgb", 1), ("rgb", 1)]
 
 
 class Gate:
