@@ -87,7 +87,13 @@ class PhotoConversion:
         corner background; 'photo' otherwise."""
         if image.size != size:
             return "photo"
-        return "dataset" if bool(self.in_dataset_form(_array(image))) else "photo"
+        # The four corners read one by one: the whole image as an array costs far more.
+        width, height = size
+        corners = [image.getpixel(xy) for xy in ((0, 0), (width - 1, 0), (0, height - 1))]
+        corners.append(image.getpixel((width - 1, height - 1)))
+        channels = zip(*corners) if isinstance(corners[0], tuple) else [corners]
+        dark = max(_median_of_four(channel) for channel in channels) <= self.tolerance * 255.0
+        return "dataset" if dark else "photo"
 
     def in_dataset_form(self, pixels: np.ndarray) -> np.ndarray:
         """For (..., H, W, C) pixels of the input's size: whether the corner background is
@@ -306,6 +312,12 @@ def _image(pixels: np.ndarray, mode: str) -> Image.Image:
     """(H, W, C) float pixels, rounded and clipped to 0-255, as an image of `mode`."""
     array = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
     return Image.fromarray(array[..., 0] if mode == "L" else array, mode)
+
+
+def _median_of_four(values: Sequence[Any]) -> float:
+    """The median of four numbers (the mean of the middle two), as np.median computes it."""
+    ordered = sorted(values)
+    return (float(ordered[1]) + float(ordered[2])) / 2.0
 
 
 def _corner_background(pixels: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ def create_app(settings: Settings | None = None, *, start_engine: bool = True) -
     from service.engine import Engine
     from service.errors import register_error_handlers
     from service.explain import init_explain
+    from service.fast_predict import FastPredict
     from service.hooks import init_request_hooks
     from service.imaging import configure_decoders
     from service.logs import configure_logging
@@ -44,6 +45,8 @@ def create_app(settings: Settings | None = None, *, start_engine: bool = True) -
     register_torchserve(app)
     app.register_blueprint(page)
     init_explain(app, settings)
+    # Flask's middleware pattern: the same app object, its wsgi_app wrapped.
+    app.wsgi_app = FastPredict(app.wsgi_app, engine, settings)  # type: ignore[method-assign]
     if start_engine:
         engine.start()
     return app

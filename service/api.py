@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import torch
 from flask import Blueprint, Response, current_app, g, request
 from pydantic import ValidationError
+from werkzeug.datastructures import MultiDict
 
 from models.transforms import Form
 from service import metrics
 from service.config import Settings
+from service.engine import ServedModel
 from service.errors import Problem
 from service.inference import (
     decode_files,
@@ -57,35 +60,50 @@ def predict_named(name: str) -> Response:
 
 
 def _predict(name: str | None) -> Response:
-    top_k = _query_top_k()
+    top_k = top_k_from(request.query_string, request.args)
     served = served_model(name)
-    serving_version(served)  # a 503 before anything is read when it cannot answer
     config = settings()
+
+    def read_files() -> list[bytes]:
+        return read_uploads(request, config)
+
+    return json_response(predict_answer(served, read_files, top_k, config, g.started))
+
+
+def predict_answer(
+    served: ServedModel,
+    read_files: Callable[[], list[bytes]],
+    top_k: int,
+    config: Settings,
+    started: float,
+) -> dict[str, Any]:
+    """The /v1 predict document for the image files `read_files()` returns, classified by
+    `served`, its total time counted from `started` (perf_counter); Problem for anything that
+    stops it (the model's readiness is checked before anything is read)."""
+    serving_version(served)  # a 503 before anything is read when it cannot answer
     forms: list[Form] = []
 
     def prepare(model: LoadedModel) -> torch.Tensor:
         # The body is read inside the hand-off too, so a batch that is forming waits for it.
-        pixels, forms[:] = decode_files(read_uploads(request, config), model, config)
+        pixels, forms[:] = decode_files(read_files(), model, config)
         return pixels
 
     inference = predict_pixels(served, prepare)
     model = inference.model
     rows = inference.probabilities.tolist()
-    return json_response(
-        {
-            "model": {"name": model.name, "version": model.version},
-            "predictions": [
-                prediction_body(row, model.classes, top_k, form)
-                for row, form in zip(rows, forms, strict=True)
-            ],
-            "timing_ms": {
-                "decode": _ms(inference.decode_s),
-                "queue": _ms(inference.queue_s),
-                "inference": _ms(inference.inference_s),
-                "total": _ms(time.perf_counter() - g.started),
-            },
-        }
-    )
+    return {
+        "model": {"name": model.name, "version": model.version},
+        "predictions": [
+            prediction_body(row, model.classes, top_k, form)
+            for row, form in zip(rows, forms, strict=True)
+        ],
+        "timing_ms": {
+            "decode": _ms(inference.decode_s),
+            "queue": _ms(inference.queue_s),
+            "inference": _ms(inference.inference_s),
+            "total": _ms(time.perf_counter() - started),
+        },
+    }
 
 
 @api.get("/v1/model")
@@ -189,15 +207,14 @@ _DEFAULT_TOP_K: int = PredictQuery.model_fields["top_k"].default
 _TOP_K_BOUNDS = PredictQuery.model_json_schema()["properties"]["top_k"]
 
 
-def _query_top_k() -> int:
-    """top_k from the query string (PredictQuery's default without one); 400 for anything else.
+def top_k_from(query_string: bytes, args: MultiDict[str, str]) -> int:
+    """top_k from the query (PredictQuery's default without one); 400 for anything else.
 
     A misspelt parameter (`topk=3`) must not be ignored. Most requests carry no query string
     and skip parsing one.
     """
-    if not request.query_string:
+    if not query_string:
         return _DEFAULT_TOP_K
-    args = request.args
     unknown = sorted(set(args) - set(PredictQuery.model_fields))
     if unknown:
         names = ", ".join(repr(name) for name in unknown)

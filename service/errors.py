@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 from http import HTTPStatus
 
-import orjson
-from flask import Flask, Response, g, has_request_context, request
+from flask import Flask, Response, has_request_context, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from service.problems import PROBLEM_CONTENT_TYPE, problem_document, shape_for
+from service.logs import REQUEST_ID
+from service.problems import error_payload
 
 log = logging.getLogger("convserve.errors")
 
@@ -37,6 +37,12 @@ class Problem(Exception):
         self.headers = headers or {}
 
 
+def crash_problem() -> Problem:
+    """Logs the exception being handled and returns the 500 that answers it."""
+    log.exception("unhandled error")
+    return Problem(500, "internal-error", "The server failed to answer this request.")
+
+
 def validation_summary(exc: ValidationError, limit: int = 5) -> str:
     """The first `limit` problems of a pydantic validation, as "field.path: message; ..."."""
     return "; ".join(
@@ -49,14 +55,9 @@ def problem_response(
     status: int, kind: str, detail: str, headers: dict[str, str] | None = None
 ) -> Response:
     """The error response in the shape of the path's protocol (problem+json by default)."""
-    shape = shape_for(request.path) if has_request_context() else None
-    if shape is not None:
-        status, payload, content_type = shape(status, kind, detail)
-        response = Response(payload, status=status, content_type=content_type)
-        response.headers.update(headers or {})
-        return response
-    body = problem_document(status, kind, detail, g.get("request_id", ""))
-    response = Response(orjson.dumps(body), status=status, content_type=PROBLEM_CONTENT_TYPE)
+    path = request.path if has_request_context() else ""
+    status, body, content_type = error_payload(status, kind, detail, path, REQUEST_ID.get())
+    response = Response(body, status=status, content_type=content_type)
     response.headers.update(headers or {})
     return response
 
@@ -77,5 +78,5 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _crash(exc: Exception) -> Response:
-        log.exception("unhandled error")
-        return problem_response(500, "internal-error", "The server failed to answer this request.")
+        crash = crash_problem()
+        return problem_response(crash.status, crash.kind, crash.detail)

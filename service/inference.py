@@ -41,12 +41,19 @@ def served_model(name: str | None = None) -> ServedModel:
 
     Also labels this request's metrics with the model's name.
     """
-    found = engine().default if name is None else engine().get(name)
+    found = find_model(engine(), name)
+    g.model_name = found.name
+    return found
+
+
+def find_model(models: Engine, name: str | None) -> ServedModel:
+    """The model `models` serves as `name` (the default model for None); Problem 404 for no
+    such name, 503 when no default model is loaded yet."""
+    found = models.default if name is None else models.get(name)
     if found is None:
         if name is None:
             raise Problem(503, "not-ready", "No default model is loaded yet.", _RETRY)
         raise Problem(404, "unknown-model", f"There is no model named {name!r}.")
-    g.model_name = found.name
     return found
 
 

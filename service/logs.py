@@ -5,24 +5,28 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
-from flask import g, has_request_context
 
 from service.config import Settings
+
+# The id of the request this thread is answering ("" between requests); set by whichever path
+# answers it (the Flask hooks or service.fast_predict), read by every log line.
+REQUEST_ID: ContextVar[str] = ContextVar("convserve_request_id", default="")
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged as a field.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds `request_id` from the Flask request being handled (empty outside requests)."""
+    """Adds `request_id` of the request being answered (empty outside requests)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Always keeps the record."""
         if not hasattr(record, "request_id"):
-            record.request_id = g.get("request_id", "") if has_request_context() else ""
+            record.request_id = REQUEST_ID.get()
         return True
 
 

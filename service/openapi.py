@@ -10,7 +10,7 @@ from apispec import APISpec
 from pydantic import BaseModel
 
 from service.config import MODEL_NAME_PATTERN, Settings
-from service.errors import PROBLEM_CONTENT_TYPE
+from service.problems import PROBLEM_CONTENT_TYPE
 from service.schemas import (
     ExplainResponse,
     Health,

@@ -75,6 +75,18 @@ def shape_for(path: str) -> ErrorShape | None:
     return None
 
 
+def error_payload(
+    status: int, kind: str, detail: str, path: str, request_id: str
+) -> tuple[int, bytes, str]:
+    """(status, body, content type) of an error answered on `path`: the shape of the protocol
+    the path belongs to, else problem+json carrying `request_id`."""
+    shape = shape_for(path)
+    if shape is not None:
+        return shape(status, kind, detail)
+    body = orjson.dumps(problem_document(status, kind, detail, request_id))
+    return status, body, PROBLEM_CONTENT_TYPE
+
+
 def raw_answer(status: int, kind: str, detail: str, request_id: str = "", path: str = "") -> bytes:
     """A complete HTTP/1.1 error answer that closes the connection: problem+json, or the error
     shape of the protocol `path` belongs to.
@@ -83,12 +95,7 @@ def raw_answer(status: int, kind: str, detail: str, request_id: str = "", path: 
     client sent a valid one, else a new id is made.
     """
     request_id = request_id if REQUEST_ID.match(request_id) else uuid.uuid4().hex
-    shape = shape_for(path)
-    if shape is None:
-        body = orjson.dumps(problem_document(status, kind, detail, request_id))
-        content_type = PROBLEM_CONTENT_TYPE
-    else:
-        status, body, content_type = shape(status, kind, detail)
+    status, body, content_type = error_payload(status, kind, detail, path, request_id)
     head = (
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
         f"Date: {formatdate(usegmt=True)}\r\n"

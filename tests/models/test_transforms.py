@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from models.data import DEFAULT_FASHION_MNIST_DIR, load_fashion_mnist, load_image_folder
-from models.transforms import Preprocessing, to_mode
+from models.transforms import PhotoConversion, Preprocessing, to_mode
 
 
 def _serve(preprocessing: Preprocessing, path: Path) -> torch.Tensor:
@@ -140,3 +140,19 @@ def test_normalize_is_the_documented_formula() -> None:
     pixels = torch.tensor(np.array([[[0, 51, 255]]], dtype=np.uint8))
     expected = (torch.tensor([[[0.0, 0.2, 1.0]]]) - 0.25) / 0.5
     assert torch.allclose(pre.normalize(pixels), expected)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_form_reads_the_corners_as_the_array_check_does(mode: str) -> None:
+    """PhotoConversion.form reads four pixels; in_dataset_form (training) reads arrays."""
+    conversion = PhotoConversion()
+    rng = np.random.default_rng(7)
+    channels = 1 if mode == "L" else 3
+    levels = np.array([0, 5, 12, 13, 14, 40, 200], dtype=np.uint8)  # around 5% of 255
+    for _ in range(300):
+        pixels = rng.integers(0, 256, (28, 28, channels), dtype=np.uint8)
+        for y, x in ((0, 0), (0, -1), (-1, 0), (-1, -1)):
+            pixels[y, x] = rng.choice(levels, channels)
+        image = Image.fromarray(pixels[..., 0] if mode == "L" else pixels, mode)
+        expected = conversion.in_dataset_form(pixels.astype(np.float32))
+        assert conversion.form(image, (28, 28)) == ("dataset" if expected else "photo")
