@@ -127,7 +127,7 @@ class Batcher(Generic[Key]):
         finally:
             with self._lock:
                 self._expected -= 1
-                self._arrivals.notify()
+                self._wake_gathering_leader()
 
     def run(
         self, key: Key, prepare: Callable[[], torch.Tensor], timeout_s: float
@@ -158,8 +158,15 @@ class Batcher(Generic[Key]):
                 raise Overloaded(f"{self._queued_images} images are already queued")
             self._jobs.extend(ticket.jobs)
             self._queued_images += count
-            self._arrivals.notify()
+            self._wake_gathering_leader()
         return ticket
+
+    def _wake_gathering_leader(self) -> None:
+        """Wakes a leader waiting for more images once its wait is over: nobody it waits for is
+        still decoding, or a whole batch is queued. (Called with the lock held.) Waking it at
+        every arrival would cost a thread switch per request for nothing."""
+        if self._expected == 0 or self._queued_images >= self._max_batch:
+            self._arrivals.notify()
 
     def wait(self, ticket: Ticket[Key], timeout_s: float) -> None:
         """Returns once every job of `ticket` is done, leading forward passes when no one does.
