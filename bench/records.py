@@ -44,3 +44,5 @@ class Results:
     rows: list[Row] = field(default_factory=list)
     peer: dict[tuple[str, int], load.LoadResult] = field(default_factory=dict)
     memory: list[Memory] = field(default_factory=list)
+    # Scenario label -> the batching the product server chose at load, in its own words.
+    batching: dict[str, str] = field(default_factory=dict)

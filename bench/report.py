@@ -15,6 +15,9 @@ PEER_FACTORS = {"S": 1.3, "M": 1.5}
 # The tuned peers' req/s as quoted in issue 5 (another run, concurrency 16), for information.
 QUOTED_PEERS = {"S": "Flask 1,845 / TorchServe 1,420", "M": "Flask 159 / TorchServe 157"}
 MEMORY_GROWTH_TOLERANCE = 0.02
+# Issue 18, small images against the tuned peer: throughput and tail at c=32, and the latency
+# a prediction adds to the echo route at c=1; large images keep issue 5's lead.
+S_PEER_FACTOR, S_P99_FACTOR, S_C1_GAP_MS, M_PEER_FACTOR = 1.2, 1.5, 1.3, 1.75
 
 
 def http_limit(results: Results, label: str) -> float:
@@ -250,11 +253,59 @@ def _rows(results: Results) -> list[str]:
                     f"| {name} tuned peer (bench/peer.py) | - | {concurrency} | "
                     f"{_load_cells(r)} | 1.0 | {r.rps / limit(results, name):.2f} | - |"
                 )
-    lines += ["", "## Targets (issue 5)", "", "| target | measured | met |", "|---|---:|---|"]
-    for target, measured, met in targets(results):
-        verdict = "(info)" if met is None else "yes" if met else "**no**"
-        lines.append(f"| {target} | {measured} | {verdict} |")
+    for issue, checks in (("18", speed_targets(results)), ("5", targets(results))):
+        lines += ["", f"## Targets (issue {issue})", "", "| target | measured | met |"]
+        lines.append("|---|---:|---|")
+        for target, measured, met in checks:
+            verdict = "(info)" if met is None else "yes" if met else "**no**"
+            lines.append(f"| {target} | {measured} | {verdict} |")
     return lines
+
+
+def speed_targets(results: Results) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) per target of issue 18 this run covers; met None: for info."""
+    checks: list[tuple[str, str, bool | None]] = []
+    small, small_peer = row(results, "S", True, 32), results.peer.get(("S", 32))
+    if small and small_peer and small_peer.rps > 0:
+        ratio = small.result.rps / small_peer.rps
+        checks.append(
+            (
+                f"S at c=32: >= {S_PEER_FACTOR}x the tuned peer's req/s",
+                f"{ratio:.2f}x",
+                ratio >= S_PEER_FACTOR,
+            )
+        )
+        tail = small.result.p99_ms / small_peer.p99_ms
+        checks.append(
+            (
+                f"S at c=32: p99 <= {S_P99_FACTOR}x the tuned peer's p99",
+                f"{small.result.p99_ms:.1f} / {small_peer.p99_ms:.1f} ms = {tail:.2f}x",
+                tail <= S_P99_FACTOR,
+            )
+        )
+    single = row(results, "S", True, 1)
+    if single and ("S", 1) in results.echo:
+        gap = single.result.p50_ms - results.echo[("S", 1)].p50_ms
+        checks.append(
+            (
+                f"S at c=1: p50 within {S_C1_GAP_MS} ms of the echo route's p50",
+                f"{gap:+.2f} ms",
+                gap <= S_C1_GAP_MS,
+            )
+        )
+    large, large_peer = row(results, "M", True, 32), results.peer.get(("M", 32))
+    if large and large_peer and large_peer.rps > 0:
+        ratio = large.result.rps / large_peer.rps
+        checks.append(
+            (
+                f"M at c=32: >= {M_PEER_FACTOR}x the tuned peer (no regression)",
+                f"{ratio:.2f}x",
+                ratio >= M_PEER_FACTOR,
+            )
+        )
+    for label, reason in results.batching.items():
+        checks.append((f"{label}: batching chosen at load (GET /v1/model)", reason, None))
+    return checks
 
 
 def _load_cells(r: LoadResult) -> str:
@@ -306,6 +357,5 @@ def _rest(results: Results) -> list[str]:
 def summary(results: Results) -> str:
     """The targets as plain text lines."""
     marks = {True: "ok  ", False: "MISS", None: "info"}
-    return "\n".join(
-        f"{marks[met]} {target}: {measured}" for target, measured, met in targets(results)
-    )
+    checks = speed_targets(results) + targets(results)
+    return "\n".join(f"{marks[met]} {target}: {measured}" for target, measured, met in checks)

@@ -2,13 +2,15 @@
 
 Order: the model limits (in-process), then one echo server (the HTTP limit) and, per scenario,
 one product server with batching on and one with batching off, each driven by wrk at every
-concurrency, and the tuned peer (bench/peer.py) at 8 and 32. Worker memory is read after a
-warm-up and again after 10,000 more requests.
+concurrency. The tuned peer (bench/peer.py) runs beside the batching-on server: at c=8 and 32
+the two alternate, PEER_ROUNDS runs each, and each side's median run is reported. Worker
+memory is read after a warm-up and again after 10,000 more requests.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -30,6 +32,8 @@ from service.config import Settings
 
 CONCURRENCY = (1, 8, 32)
 PEER_CONCURRENCY = (8, 32)
+# Alternating runs of the product and the peer at each peer concurrency; the median counts.
+PEER_ROUNDS = 3
 ECHO_APP = "bench.app:create_app()"
 PRODUCT_APP = "service:create_app()"
 
@@ -138,30 +142,25 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs:
         scenario = run.scenario
         env = {**server_env, **run.env, "CONVSERVE_MODEL_PATH": str(scenario.checkpoint)}
-        with _serve(workdir, env, PRODUCT_APP) as server:
+        # The peer runs beside the product's batching-on server and the two alternate at the
+        # peer's concurrencies, so the machine's drift over a run falls on both alike.
+        with _serve(workdir, env, PRODUCT_APP) as server, _peer(workdir, run, defaults) as rival:
             url = server.url + "/v1/predict"
+            if run.batching:
+                results.batching[run.label] = server.get("/v1/model").json()["batching"]["reason"]
             _drive(url, scenario, 32, args.warmup, 0)
             for concurrency in run.concurrency:
                 _drive(url, scenario, concurrency, args.warmup, 0)
-                before = _batch_stats(server)
-                result = _measure(server, url, scenario, concurrency, args.seconds)
-                mean_batch = _mean_batch(before, _batch_stats(server))
-                results.rows.append(Row(run.label, run.batching, concurrency, result, mean_batch))
+                if rival is None or concurrency not in PEER_CONCURRENCY:
+                    row = _product_row(server, url, run, concurrency, args.seconds)
+                else:
+                    row = _side_by_side(server, rival, run, concurrency, args, results)
+                results.rows.append(row)
                 state = "on" if run.batching else "off"
-                _say(f"{run.label} batching {state} c={concurrency}: {_brief(result)}")
+                _say(f"{run.label} batching {state} c={concurrency}: {_brief(row.result)}")
             if run.memory and args.memory_requests:
                 rate = results.rows[-1].result.rps
                 results.memory.append(_memory(server, url, scenario, args.memory_requests, rate))
-
-    for scenario in results.scenarios:
-        app = f'bench.peer:create_app("{scenario.checkpoint}")'
-        with _serve(workdir, {}, app, sync_workers=defaults.workers) as server:
-            url = server.url + peer.PREDICT_PATH
-            for concurrency in PEER_CONCURRENCY:
-                _drive(url, scenario, concurrency, args.warmup, 0)
-                result = _measure(server, url, scenario, concurrency, args.seconds)
-                results.peer[(scenario.name, concurrency)] = result
-                _say(f"peer {scenario.name} c={concurrency}: {_brief(result)}")
 
     small = next((s for s in results.scenarios if s.name == "S"), None)
     protocol_text = ""
@@ -183,6 +182,48 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"wrote {args.output}")
     print(report.summary(results))
     return 0
+
+
+def _peer(
+    workdir: Path, run: ServerRun, defaults: Settings
+) -> contextlib.AbstractContextManager[Server | None]:
+    """The tuned peer on the run's checkpoint, beside the batching-on run of each scenario."""
+    if not run.batching or run.label != run.scenario.name:
+        return contextlib.nullcontext()
+    app = f'bench.peer:create_app("{run.scenario.checkpoint}")'
+    return _serve(workdir, {}, app, sync_workers=defaults.workers)
+
+
+def _product_row(server: Server, url: str, run: ServerRun, concurrency: int, seconds: float) -> Row:
+    """One measured run of the product server, with the mean images per forward pass."""
+    before = _batch_stats(server)
+    result = _measure(server, url, run.scenario, concurrency, seconds)
+    return Row(
+        run.label, run.batching, concurrency, result, _mean_batch(before, _batch_stats(server))
+    )
+
+
+def _side_by_side(
+    server: Server,
+    rival: Server,
+    run: ServerRun,
+    concurrency: int,
+    args: argparse.Namespace,
+    results: Results,
+) -> Row:
+    """PEER_ROUNDS alternating runs of the product and the peer; each side's median run (by
+    req/s) is its result, the peer's in results.peer."""
+    url, rival_url = server.url + "/v1/predict", rival.url + peer.PREDICT_PATH
+    _drive(rival_url, run.scenario, concurrency, args.warmup, 0)
+    ours: list[Row] = []
+    theirs: list[load.LoadResult] = []
+    for _ in range(PEER_ROUNDS):
+        ours.append(_product_row(server, url, run, concurrency, args.seconds))
+        theirs.append(_measure(rival, rival_url, run.scenario, concurrency, args.seconds))
+    peer_result = sorted(theirs, key=lambda r: r.rps)[PEER_ROUNDS // 2]
+    results.peer[(run.scenario.name, concurrency)] = peer_result
+    _say(f"peer {run.scenario.name} c={concurrency}: {_brief(peer_result)}")
+    return sorted(ours, key=lambda r: r.result.rps)[PEER_ROUNDS // 2]
 
 
 class _serve:

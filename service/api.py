@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -28,6 +29,7 @@ from service.inference import (
 from service.loading import LoadedModel
 from service.schemas import (
     Architecture,
+    BatchingInfo,
     InputShape,
     Layer,
     ModelInfo,
@@ -200,6 +202,7 @@ def describe_model(model: LoadedModel, settings: Settings) -> ModelInfo:
         preprocessing=PreprocessingInfo.model_validate(pre.describe()),
         training=checkpoint.training,
         precision=settings.precision,
+        batching=BatchingInfo.model_validate(asdict(model.batching)) if model.batching else None,
     )
 
 

@@ -106,7 +106,8 @@ class Batcher(Generic[Key]):
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self._run = run
-        self._max_batch = max_batch_size
+        # Images per forward pass at most; the engine lowers it for a model batching cannot help.
+        self.max_batch_size = max_batch_size
         self._max_delay = max_delay_s
         self._max_queue = max(max_queue_images, max_batch_size)
         self._on_batch = on_batch
@@ -151,7 +152,9 @@ class Batcher(Generic[Key]):
         Raises Overloaded, queueing nothing, when they do not fit in the queue.
         """
         count = pixels.shape[0]
-        chunks = torch.split(pixels, self._max_batch) if count > self._max_batch else (pixels,)
+        chunks = (
+            torch.split(pixels, self.max_batch_size) if count > self.max_batch_size else (pixels,)
+        )
         ticket = Ticket(self, key, chunks)
         with self._lock:
             if self._queued_images + count > self._max_queue:
@@ -165,7 +168,7 @@ class Batcher(Generic[Key]):
         """Wakes a leader waiting for more images once its wait is over: nobody it waits for is
         still decoding, or a whole batch is queued. (Called with the lock held.) Waking it at
         every arrival would cost a thread switch per request for nothing."""
-        if self._expected == 0 or self._queued_images >= self._max_batch:
+        if self._expected == 0 or self._queued_images >= self.max_batch_size:
             self._arrivals.notify()
 
     def wait(self, ticket: Ticket[Key], timeout_s: float) -> None:
@@ -220,11 +223,11 @@ class Batcher(Generic[Key]):
         first = self._jobs.popleft()
         batch, size = [first], first.size
         deadline = time.perf_counter() + self._max_delay
-        while size < self._max_batch:
+        while size < self.max_batch_size:
             if self._jobs:
                 following = self._jobs[0]
                 # Identity: a key is one model version, never compared by value.
-                if following.key is not first.key or size + following.size > self._max_batch:
+                if following.key is not first.key or size + following.size > self.max_batch_size:
                     break
                 batch.append(self._jobs.popleft())
                 size += following.size

@@ -63,7 +63,11 @@ class Settings(BaseSettings):
         0, ge=0, description="torch intra-op threads per worker; 0 = cores / workers."
     )
     max_batch_size: int = Field(
-        32, ge=1, description="Images per forward pass (dynamic batching); 1 turns batching off."
+        32,
+        ge=1,
+        description="Images per forward pass (dynamic batching); 1 turns batching off. Unset, "
+        "batching stays on only for a model whose full batch, timed at load, saves at least "
+        "20% per image.",
     )
     max_batch_delay_ms: float = Field(
         2.0, ge=0, description="Milliseconds a forward pass waits for more images to batch."

@@ -15,12 +15,13 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from service import heap, metrics
+from service.batch_plan import BatchingPlan, plan_batching
 from service.batching import Batcher, Overloaded
 from service.config import MODEL_NAME_PATTERN, Settings
 from service.loading import LoadedModel, file_signature, load_model
@@ -107,7 +108,8 @@ class ServedModel:
             return False
         try:
             loaded = load_model(self.path, self.name, signature)
-            self._warm_up(loaded)
+            plan = self._warm_up(loaded)
+            loaded = replace(loaded, batching=plan)
         except Exception as exc:  # a refused file must never take the serving version down
             self._failed_signature = signature
             self._load_error = str(exc)
@@ -115,16 +117,18 @@ class ServedModel:
             log.error("checkpoint rejected, keeping the current model: %s", exc)
             return False
         self._current = loaded
+        self._batcher.max_batch_size = plan.max_batch_size
         self._failed_signature = None
         metrics.RELOADS.labels("loaded").inc()
         if current is not None:
             metrics.MODEL_INFO.labels(current.name, current.version).set(0)
         metrics.MODEL_INFO.labels(loaded.name, loaded.version).set(1)
         log.info(
-            "serving model %s version %s (%d parameters)",
+            "serving model %s version %s (%d parameters); %s",
             loaded.name,
             loaded.version,
             loaded.summary.parameters,
+            plan.reason,
         )
         return True
 
@@ -167,15 +171,22 @@ class ServedModel:
             inference_s=sum(r.inference_s for r in results),
         )
 
-    def _warm_up(self, model: LoadedModel) -> None:
-        """Runs every batch size once, largest first, so no request pays for a first pass.
+    def _warm_up(self, model: LoadedModel) -> BatchingPlan:
+        """Runs every batch size once, largest first, so no request pays for a first pass;
+        then times the model to choose whether batching pays for it (service.batch_plan).
 
         oneDNN builds (JIT-compiles) its kernels per input shape on first use; warming each
         size up front keeps that cost, and the memory it holds, out of the serving time.
         """
         shape = model.checkpoint.config.input_shape
+
+        def forward(size: int) -> torch.Tensor:
+            return self._forward(model, torch.zeros((size, *shape), dtype=torch.uint8))
+
         for size in range(self._settings.max_batch_size, 0, -1):
-            self._forward(model, torch.zeros((size, *shape), dtype=torch.uint8))
+            forward(size)
+        limit_was_set = "max_batch_size" in self._settings.model_fields_set
+        return plan_batching(forward, self._settings.max_batch_size, limit_was_set)
 
 
 class Engine:

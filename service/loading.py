@@ -13,6 +13,7 @@ from torch import nn
 
 from models.checkpoint import Checkpoint, checkpoint_version, load_checkpoint
 from models.cnn import ModelSummary
+from service.batch_plan import BatchingPlan
 
 log = logging.getLogger("convserve.engine")
 
@@ -34,6 +35,7 @@ class LoadedModel:
     file_signature: tuple[int, int, int]
     scale: torch.Tensor
     shift: torch.Tensor
+    batching: BatchingPlan | None = None  # chosen once it is warmed up (service.batch_plan)
 
     @property
     def classes(self) -> list[str]:

@@ -124,6 +124,18 @@ class Architecture(BaseModel):
     parameters: int
 
 
+class BatchingInfo(BaseModel):
+    """How requests to this version share forward passes, and the timings that chose it."""
+
+    max_batch_size: int = Field(description="Images per forward pass at most (1: no batching).")
+    alone_ms: float = Field(description="One forward pass over one image, measured at load.")
+    batched_ms_per_image: float = Field(
+        description="Per image, in one forward pass over `measured_batch` images."
+    )
+    measured_batch: int
+    reason: str = Field(description="The choice and why, in words.")
+
+
 class ModelInfo(BaseModel):
     """GET /v1/model."""
 
@@ -136,6 +148,9 @@ class ModelInfo(BaseModel):
     preprocessing: PreprocessingInfo
     training: dict[str, object] = Field(description="Dataset, epochs, accuracy, date, ...")
     precision: str
+    batching: BatchingInfo | None = Field(
+        None, description="Chosen from the model's own forward passes once it is warmed up."
+    )
 
 
 class Health(BaseModel):

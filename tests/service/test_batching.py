@@ -206,3 +206,14 @@ def test_a_failing_forward_pass_fails_only_its_jobs() -> None:
     with pytest.raises(RuntimeError):
         batcher.submit("old", images(0, 1)).result(5)
     assert batcher.submit("old", images(7, 1)).result(5)[0].outputs.item() == 7.0
+
+
+def test_a_lowered_limit_applies_to_the_next_requests() -> None:
+    """The engine lowers max_batch_size to 1 for a model batching cannot help."""
+    model = RecordingModel(delay_s=0.02)
+    batcher = make(model)
+    batcher.max_batch_size = 1
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda first: run_request(batcher, first, 3), (0, 10, 20, 30)))
+    assert answers == [[first + i for i in range(3)] for first in (0, 10, 20, 30)]
+    assert model.batches == [1] * 12
