@@ -91,7 +91,7 @@ class PhotoConversion:
         width, height = size
         corners = [image.getpixel(xy) for xy in ((0, 0), (width - 1, 0), (0, height - 1))]
         corners.append(image.getpixel((width - 1, height - 1)))
-        channels = zip(*corners) if isinstance(corners[0], tuple) else [corners]
+        channels = zip(*corners, strict=True) if isinstance(corners[0], tuple) else [corners]
         dark = max(_median_of_four(channel) for channel in channels) <= self.tolerance * 255.0
         return "dataset" if dark else "photo"
 
