@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -15,6 +14,7 @@ from werkzeug.datastructures import MultiDict
 
 from models.transforms import Form
 from service import metrics
+from service.batch_plan import BatchingPlan
 from service.config import Settings
 from service.engine import ServedModel
 from service.errors import Problem
@@ -202,7 +202,15 @@ def describe_model(model: LoadedModel, settings: Settings) -> ModelInfo:
         preprocessing=PreprocessingInfo.model_validate(pre.describe()),
         training=checkpoint.training,
         precision=settings.precision,
-        batching=BatchingInfo.model_validate(asdict(model.batching)) if model.batching else None,
+        batching=_batching_info(model.batching) if model.batching else None,
+    )
+
+
+def _batching_info(plan: BatchingPlan) -> BatchingInfo:
+    return BatchingInfo(
+        max_batch_size=plan.max_batch_size,
+        ms_per_image={str(size): round(ms, 4) for size, ms in plan.ms_per_image.items()},
+        reason=plan.reason,
     )
 
 

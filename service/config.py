@@ -66,8 +66,8 @@ class Settings(BaseSettings):
         32,
         ge=1,
         description="Images per forward pass (dynamic batching); 1 turns batching off. Unset, "
-        "batching stays on only for a model whose full batch, timed at load, saves at least "
-        "20% per image.",
+        "each model is timed at load: batching only where it saves per image, capped where an "
+        "image costs least.",
     )
     max_batch_delay_ms: float = Field(
         2.0, ge=0, description="Milliseconds a forward pass waits for more images to batch."

@@ -128,11 +128,10 @@ class BatchingInfo(BaseModel):
     """How requests to this version share forward passes, and the timings that chose it."""
 
     max_batch_size: int = Field(description="Images per forward pass at most (1: no batching).")
-    alone_ms: float = Field(description="One forward pass over one image, measured at load.")
-    batched_ms_per_image: float = Field(
-        description="Per image, in one forward pass over `measured_batch` images."
+    ms_per_image: dict[str, float] = Field(
+        description="Pass size -> milliseconds per image in one forward pass of that size, "
+        "measured at load."
     )
-    measured_batch: int
     reason: str = Field(description="The choice and why, in words.")
 
 
