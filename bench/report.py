@@ -163,7 +163,9 @@ def _header(results: Results) -> list[str]:
         ),
         "- Server: real gunicorn with the production config (`service/gunicorn_conf.py`, gthread) "
         f"and default settings: {ctx['workers']} workers x {ctx['threads']} threads, "
-        f"{ctx['torch_threads']} torch thread(s) per worker, max batch {ctx['max_batch_size']}, "
+        f"{ctx['torch_threads']} torch thread(s) per worker, max batch {ctx['max_batch_size']} "
+        "(lowered per model at load where larger passes cost more per image: see the batching "
+        "chosen under Targets), "
         f"batch delay {ctx['max_batch_delay_ms']} ms, precision {ctx['precision']}; batching off "
         "= `CONVSERVE_MAX_BATCH_SIZE=1`; `M bf16` = `CONVSERVE_PRECISION=bf16` (opt-in)",
         f"- Load generator: {ctx['wrk']} on loopback, 1 thread, keep-alive; `bench/post.lua` "
@@ -172,7 +174,9 @@ def _header(results: Results) -> list[str]:
         f"- Tuned peer: `bench/peer.py`, what a hand-written service does (Flask, gunicorn with "
         f"{ctx['workers']} sync workers, so no keep-alive, 1 torch thread per process, the plain "
         "eager model from the same checkpoint, full Pillow decode and resize, no batching, no "
-        "validation, metrics or logs), driven the same way at c=8 and c=32",
+        "validation, metrics or logs), started beside the batching-on server of each scenario; "
+        f"at c=8 and c=32 the two alternate, {ctx['peer_rounds']} measured runs each, and each "
+        "side's median run (by req/s) is its row",
         "",
         "Scenarios:",
         "",

@@ -361,6 +361,7 @@ def _context(defaults: Settings) -> dict[str, str]:
         "max_batch_delay_ms": f"{defaults.max_batch_delay_ms:g}",
         "precision": defaults.precision,
         "nice": str(os.nice(0)),
+        "peer_rounds": str(PEER_ROUNDS),
     }
 
 

@@ -13,6 +13,7 @@ never more than one forward pass at a time per worker. A bounded queue sheds loa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -61,13 +62,39 @@ class _Job(Generic[Key]):
 RunBatch = Callable[[Key, torch.Tensor], torch.Tensor]
 
 
+class Signal:
+    """A one-waiter event on a bare lock: set() wakes the waiter, wait() clears it again.
+
+    threading.Event wakes through a Condition, whose woken thread must take the Condition's
+    lock back while the setter may still hold it: 12 us per wake-up with the GIL held here,
+    against 3.6 us for a lock (a leader wakes every other owner of its batch).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()  # held: not set
+
+    def set(self) -> None:
+        """Wakes the waiter, or lets its next wait() return at once."""
+        with contextlib.suppress(RuntimeError):  # already set
+            self._lock.release()
+
+    def clear(self) -> None:
+        """Unsets it (a no-op when it is not set)."""
+        self._lock.acquire(blocking=False)
+
+    def wait(self, timeout_s: float) -> bool:
+        """True (and cleared again) once set within `timeout_s` seconds, else False."""
+        return self._lock.acquire(timeout=timeout_s)
+
+
 class Ticket(Generic[Key]):
     """The jobs of one submit(); result() waits for them, leading forward passes when due."""
 
     def __init__(self, batcher: Batcher[Key], key: Key, chunks: Sequence[torch.Tensor]) -> None:
         self._batcher = batcher
         self.jobs = [_Job(key, chunk, self, chunk.shape[0]) for chunk in chunks]
-        self.wake = threading.Event()
+        self.wake = Signal()
 
     @property
     def done(self) -> bool:
