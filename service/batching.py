@@ -141,6 +141,7 @@ class Batcher(Generic[Key]):
         self._jobs: deque[_Job[Key]] = deque()
         self._queued_images = 0
         self._expected = 0
+        self._gathered = 0  # images in the batch a leader is forming, while it waits for more
         self._lock = threading.Lock()
         self._arrivals = threading.Condition(self._lock)
         self._leading = False
@@ -195,7 +196,7 @@ class Batcher(Generic[Key]):
         """Wakes a leader waiting for more images once its wait is over: nobody it waits for is
         still decoding, or a whole batch is queued. (Called with the lock held.) Waking it at
         every arrival would cost a thread switch per request for nothing."""
-        if self._expected == 0 or self._queued_images >= self.max_batch_size:
+        if self._expected == 0 or self._gathered + self._queued_images >= self.max_batch_size:
             self._arrivals.notify()
 
     def wait(self, ticket: Ticket[Key], timeout_s: float) -> None:
@@ -243,12 +244,16 @@ class Batcher(Generic[Key]):
                     job.queued = False
                     self._jobs.remove(job)
                     self._queued_images -= job.size
+            if not self._leading and self._jobs:
+                # The lead may have been passed to this ticket as it gave up: pass it on.
+                self._jobs[0].ticket.wake.set()
             return True
 
     def _gather(self) -> list[_Job[Key]]:
         """Pops the next batch (called with the lock held, the queue not empty)."""
-        first = self._jobs.popleft()
+        first = self._take()
         batch, size = [first], first.size
+        self._gathered = size
         deadline = time.perf_counter() + self._max_delay
         while size < self.max_batch_size:
             if self._jobs:
@@ -256,17 +261,25 @@ class Batcher(Generic[Key]):
                 # Identity: a key is one model version, never compared by value.
                 if following.key is not first.key or size + following.size > self.max_batch_size:
                     break
-                batch.append(self._jobs.popleft())
+                batch.append(self._take())
                 size += following.size
+                self._gathered = size
                 continue
             remaining = deadline - time.perf_counter()
             if self._expected == 0 or remaining <= 0:
                 break
             self._arrivals.wait(remaining)
-        for job in batch:
-            job.queued = False
-        self._queued_images -= size
+        self._gathered = 0
         return batch
+
+    def _take(self) -> _Job[Key]:
+        """Pops the head of the queue into a batch (called with the lock held). From here on
+        it is the leader's, also while the lock is released to wait for more: an owner that
+        times out meanwhile finds it no longer queued."""
+        job = self._jobs.popleft()
+        job.queued = False
+        self._queued_images -= job.size
+        return job
 
     def _execute(self, batch: list[_Job[Key]]) -> None:
         """Runs one batch and gives every job its rows (or the error); wakes their owners."""

@@ -15,11 +15,11 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable
-from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import orjson
 from werkzeug.datastructures import MultiDict
+from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wrappers import Request
 
 from service import metrics
@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 _NAMED_PREDICT = re.compile(r"/v1/models/([^/]+)/predict")
-_STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
+# As werkzeug writes them (Flask's status lines), e.g. "404 NOT FOUND".
+_STATUS_LINES = {code: f"{code} {phrase.upper()}" for code, phrase in HTTP_STATUS_CODES.items()}
 
 
 class FastPredict:
@@ -68,6 +69,8 @@ class FastPredict:
         if not 0 < int(length) <= self._settings.max_upload_bytes:
             return None
         path = environ.get("PATH_INFO", "")
+        if not path.isascii():  # werkzeug decodes such a path again (as UTF-8): Flask's job
+            return None
         if path == "/v1/predict":
             return "/v1/predict", None
         named = _NAMED_PREDICT.fullmatch(path)

@@ -20,7 +20,7 @@ from service.config import Settings
 from service.errors import Problem
 from service.logs import REQUEST_ID
 from service.page import content_security_policy
-from service.problems import REQUEST_ID as VALID_REQUEST_ID
+from service.problems import REQUEST_ID_PATTERN
 
 access_log = logging.getLogger("convserve.access")
 
@@ -34,7 +34,7 @@ KeyCheck = Callable[[str, str], None]
 
 def request_id_for(sent: str) -> str:
     """The id of a request: the client's X-Request-ID when it is valid, else a new one."""
-    return sent if VALID_REQUEST_ID.match(sent) else uuid.uuid4().hex
+    return sent if REQUEST_ID_PATTERN.match(sent) else uuid.uuid4().hex
 
 
 def common_headers(path: str, request_id: str) -> list[tuple[str, str]]:

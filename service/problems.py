@@ -21,7 +21,7 @@ import orjson
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 _TYPE_BASE = "https://convserve.dev/problems/"
 # An X-Request-ID a client sent is echoed only when it matches this; otherwise one is made.
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 
 
 def problem_document(status: int, kind: str, detail: str, request_id: str) -> dict[str, Any]:
@@ -94,7 +94,7 @@ def raw_answer(status: int, kind: str, detail: str, request_id: str = "", path: 
     It carries the headers the app puts on every answer; `request_id` is echoed when the
     client sent a valid one, else a new id is made.
     """
-    request_id = request_id if REQUEST_ID.match(request_id) else uuid.uuid4().hex
+    request_id = request_id if REQUEST_ID_PATTERN.match(request_id) else uuid.uuid4().hex
     status, body, content_type = error_payload(status, kind, detail, path, request_id)
     head = (
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from service.batching import Batcher, BatchResult, Overloaded
+from service.batching import Batcher, BatchResult, Overloaded, Signal
 
 
 class RecordingModel:
@@ -217,3 +217,61 @@ def test_a_lowered_limit_applies_to_the_next_requests() -> None:
         answers = list(pool.map(lambda first: run_request(batcher, first, 3), (0, 10, 20, 30)))
     assert answers == [[first + i for i in range(3)] for first in (0, 10, 20, 30)]
     assert model.batches == [1] * 12
+
+
+def test_signal_wakes_one_wait_and_is_consumed_by_it() -> None:
+    signal = Signal()
+    assert not signal.wait(0.01)
+    signal.set()
+    signal.set()  # setting twice is setting once
+    assert signal.wait(0.01)
+    assert not signal.wait(0.01)
+    signal.set()
+    signal.clear()
+    assert not signal.wait(0.01)
+    woken: list[bool] = []
+    waiter = threading.Thread(target=lambda: woken.append(signal.wait(5)))
+    waiter.start()
+    time.sleep(0.05)
+    signal.set()
+    waiter.join(5)
+    assert woken == [True]
+
+
+def test_a_full_batch_runs_without_waiting_for_requests_still_decoding() -> None:
+    """The leader waits for decoding requests only until a whole batch is queued."""
+    model = RecordingModel()
+    batcher = make(model, max_batch_size=4, max_delay_s=5.0)
+    with batcher.expect():  # a request that keeps decoding for the whole test
+        started = time.perf_counter()
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda first: run_request(batcher, first, 1), range(4)))
+        assert time.perf_counter() - started < 2.5
+    assert sorted(answers) == [[0.0], [1.0], [2.0], [3.0]]
+    assert sum(model.batches) == 4
+
+
+def test_an_owner_timing_out_while_its_job_waits_in_a_forming_batch_gets_a_timeout() -> None:
+    """Its job was already taken off the queue by the leader, which still waits for more."""
+    model = RecordingModel()
+    batcher = make(model, max_batch_size=8, max_delay_s=0.5)
+    with batcher.expect():  # keeps the leader gathering for max_delay_s
+        leader_ticket = batcher.submit("old", images(0, 1))
+        follower_ticket = batcher.submit("old", images(1, 1))
+        with ThreadPoolExecutor(1) as pool:
+            leader = pool.submit(leader_ticket.result, 5)
+            time.sleep(0.1)  # the leader took both jobs and waits for the decoding request
+            with pytest.raises(TimeoutError):
+                follower_ticket.result(0.05)
+            assert rows(leader.result(5)) == [0.0]
+
+
+def test_an_owner_giving_up_passes_the_lead_on() -> None:
+    """Handed the lead as it timed out, an owner that withdraws wakes the next one."""
+    batcher = make(RecordingModel())
+    first = batcher.submit("old", images(0, 1))
+    second = batcher.submit("old", images(1, 1))
+    first.wake.set()  # the lead was handed to the first owner...
+    assert batcher._withdraw(first)  # ...which gave up at that moment
+    assert second.wake.wait(0.01)
+    assert rows(second.result(5)) == [1.0]

@@ -40,14 +40,14 @@ def routed(server: Server, path: str, body: bytes, **kwargs: Any) -> requests.Re
     return server.post(path, files=[("file", ("image.png", body, "image/png"))], **kwargs)
 
 
-def comparable(response: requests.Response) -> tuple[int, dict[str, str], Any]:
-    """Status, headers and body, without what differs between any two answers."""
+def comparable(response: requests.Response) -> tuple[int, str, dict[str, str], Any]:
+    """Status line, headers and body, without what differs between any two answers."""
     headers = {k.lower(): v for k, v in response.headers.items() if k.lower() not in _PER_ANSWER}
     body = response.json()
     if isinstance(body, dict):
         body.pop("request_id", None)
         body.pop("timing_ms", None)
-    return response.status_code, headers, body
+    return response.status_code, response.reason, headers, body
 
 
 @pytest.mark.parametrize("path", ["/v1/predict", "/v1/models/model/predict"])
@@ -145,6 +145,7 @@ def app(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         ("image/png", {"PATH_INFO": "/v1/predict/"}, False),
         ("image/png", {"PATH_INFO": "/v1/models/a/b/predict"}, False),
         ("image/png", {"PATH_INFO": "/v1/explain"}, False),
+        ("image/png", {"PATH_INFO": "/v1/models/\xc3\xa9/predict"}, False),
     ],
 )
 def test_only_the_common_request_skips_flask(
