@@ -194,8 +194,8 @@ class Batcher(Generic[Key]):
 
     def _wake_gathering_leader(self) -> None:
         """Wakes a leader waiting for more images once its wait is over: nobody it waits for is
-        still decoding, or a whole batch is queued. (Called with the lock held.) Waking it at
-        every arrival would cost a thread switch per request for nothing."""
+        still decoding, or the batch it forms and the queue fill a pass. (Called with the lock
+        held.) Waking it at every arrival would cost a thread switch per request for nothing."""
         if self._expected == 0 or self._gathered + self._queued_images >= self.max_batch_size:
             self._arrivals.notify()
 
