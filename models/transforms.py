@@ -88,9 +88,8 @@ class PhotoConversion:
         if image.size != size:
             return "photo"
         # The four corners read one by one: the whole image as an array costs far more.
-        width, height = size
-        corners = [image.getpixel(xy) for xy in ((0, 0), (width - 1, 0), (0, height - 1))]
-        corners.append(image.getpixel((width - 1, height - 1)))
+        right, bottom = size[0] - 1, size[1] - 1
+        corners = [image.getpixel(xy) for xy in ((0, 0), (right, 0), (0, bottom), (right, bottom))]
         channels = zip(*corners, strict=True) if isinstance(corners[0], tuple) else [corners]
         dark = max(_median_of_four(channel) for channel in channels) <= self.tolerance * 255.0
         return "dataset" if dark else "photo"

@@ -90,7 +90,7 @@ class FastPredict:
         token = REQUEST_ID.set(request_id)
         metrics.INFLIGHT.inc()
         model = ""  # the metrics' model label: only the name of a model that exists
-        headers: list[tuple[str, str]] = []
+        own_headers: dict[str, str] = {}  # a Problem's (Retry-After, WWW-Authenticate)
         try:
             try:
                 self._check_api_key(path, environ.get("HTTP_AUTHORIZATION", ""))
@@ -111,9 +111,14 @@ class FastPredict:
                 status, body, content_type = error_payload(
                     problem.status, problem.kind, problem.detail, path, request_id
                 )
-                headers.extend(problem.headers.items())
-            headers[:0] = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
-            start_response(_STATUS_LINES[status], headers + common_headers(path, request_id))
+                own_headers = problem.headers
+            headers = [
+                ("Content-Type", content_type),
+                ("Content-Length", str(len(body))),
+                *own_headers.items(),
+                *common_headers(path, request_id),
+            ]
+            start_response(_STATUS_LINES[status], headers)
             seconds = time.perf_counter() - started
             remote = environ.get("REMOTE_ADDR")
             record_request(rule, "POST", path, status, model, seconds, remote)

@@ -105,8 +105,7 @@ def init_request_hooks(app: Flask, settings: Settings) -> None:
     @app.before_request
     def _start() -> None:
         g.started = time.perf_counter()
-        g.request_id = request_id_for(request.headers.get("X-Request-ID", ""))
-        g.request_id_token = REQUEST_ID.set(g.request_id)
+        g.request_id_token = REQUEST_ID.set(request_id_for(request.headers.get("X-Request-ID", "")))
         g.measured = request.path not in _PROBES
         if g.measured:
             metrics.INFLIGHT.inc()
@@ -114,7 +113,7 @@ def init_request_hooks(app: Flask, settings: Settings) -> None:
 
     @app.after_request
     def _finish(response: Response) -> Response:
-        for name, value in common_headers(request.path, g.get("request_id", "")):
+        for name, value in common_headers(request.path, REQUEST_ID.get()):
             response.headers[name] = value
         if g.get("measured"):
             rule = request.url_rule
